@@ -1,0 +1,1 @@
+"""The REST gateway every node serves: member writes, auditor reads, operator status."""

@@ -1,0 +1,1 @@
+"""coopledger validator node: ledger core, storage, runtime and CLI."""

@@ -1,0 +1,5 @@
+"""``python -m node ...`` runs the coopledger CLI (how the testnet launches validators)."""
+
+from node.cli import main
+
+main()

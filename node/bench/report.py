@@ -1,0 +1,95 @@
+"""Turn a :class:`~node.bench.engine.Measurement` into the figures the benchmark reports."""
+
+from __future__ import annotations
+
+import itertools
+import math
+import statistics
+from typing import Any
+
+from node.bench.engine import Measurement
+from node.bench.procstat import ProcessSample
+
+
+def percentile(values: list[float], fraction: float) -> float:
+    """Nearest-rank percentile (0 for no values)."""
+    if not values:
+        return 0.0
+    ordered = sorted(values)
+    rank = max(1, min(len(ordered), math.ceil(fraction * len(ordered) - 1e-9)))
+    return ordered[rank - 1]
+
+
+def latency_ms(values_s: list[float]) -> dict[str, float | int]:
+    return {
+        "p50": round(percentile(values_s, 0.50) * 1000, 1),
+        "p95": round(percentile(values_s, 0.95) * 1000, 1),
+        "p99": round(percentile(values_s, 0.99) * 1000, 1),
+        "max": round(max(values_s, default=0.0) * 1000, 1),
+        "count": len(values_s),
+    }
+
+
+def figures(m: Measurement) -> dict[str, Any]:
+    """Throughput, latency, block shape and outcomes of one measured window."""
+    duration_s = m.window_end_s - m.window_start_s
+    committed = sum(block.tx_count for block in m.blocks)
+    times = [b.timestamp_ms for b in m.blocks]
+    intervals = [later - earlier for earlier, later in itertools.pairwise(times)]
+    ok = sum(n for (_, code), n in m.outcomes.items() if code == "ok")
+    by_type: dict[str, dict[str, int]] = {}
+    for (kind, code), n in sorted(m.outcomes.items()):
+        entry = by_type.setdefault(kind, {"ok": 0, "failed": 0})
+        entry["ok" if code == "ok" else "failed"] += n
+    sampled = m.sampled_latencies_s or m.latencies_s
+    return {
+        "duration_s": round(duration_s, 2),
+        "tx_per_s": round(committed / duration_s, 1) if duration_s > 0 else 0.0,
+        "committed_txs": committed,
+        "latency_ms": latency_ms(sampled),
+        "latency_source": "wait=commit sample" if m.sampled_latencies_s else "blocks seen",
+        "latency_seen_ms": latency_ms(m.latencies_s),
+        "blocks": {
+            "count": len(m.blocks),
+            "first_height": m.blocks[0].height if m.blocks else None,
+            "last_height": m.blocks[-1].height if m.blocks else None,
+            "txs_mean": round(committed / len(m.blocks), 1) if m.blocks else 0.0,
+            "txs_max": max((b.tx_count for b in m.blocks), default=0),
+            "interval_ms_mean": round(statistics.fmean(intervals), 1) if intervals else None,
+            "interval_ms_p50": round(percentile([float(i) for i in intervals], 0.5), 1)
+            if intervals
+            else None,
+        },
+        "outcomes": {
+            "ok": ok,
+            "failed": sum(m.outcomes.values()) - ok,
+            "by_type": by_type,
+            "refused_at_admission": dict(m.refused),
+            "lots_abandoned": m.lots_abandoned,
+        },
+        "sent_in_window": m.sent_in_window,
+        "prepared_during_run": m.prepared_in_run,
+        "uncommitted_at_end": m.uncommitted_at_end,
+    }
+
+
+def process_figures(
+    names: list[str],
+    before: list[ProcessSample | None],
+    after: list[ProcessSample | None],
+    duration_s: float,
+    timeline: list[list[int]],
+) -> list[dict[str, Any]]:
+    """CPU share over the window, peak and current memory, and the RSS timeline (MiB)."""
+    result = []
+    for index, name in enumerate(names):
+        start, end = before[index], after[index]
+        entry: dict[str, Any] = {"name": name}
+        if start is not None and end is not None and duration_s > 0:
+            entry["cpu_percent"] = round(100 * (end.cpu_s - start.cpu_s) / duration_s, 1)
+            entry["rss_mib_start"] = round(start.rss_kib / 1024, 1)
+            entry["rss_mib_end"] = round(end.rss_kib / 1024, 1)
+            entry["peak_rss_mib"] = round(end.hwm_kib / 1024, 1)
+        entry["rss_mib_timeline"] = [round(kib / 1024) for kib in timeline[index]]
+        result.append(entry)
+    return result

@@ -1,0 +1,105 @@
+"""``coopledger bench``: the mix, the report's arithmetic, and a short run on a real testnet.
+
+No throughput figure is asserted: only that the report is complete and consistent with the
+chain it measured.
+"""
+
+from __future__ import annotations
+
+import itertools
+import json
+import subprocess
+import sys
+from collections import Counter
+from pathlib import Path
+
+import pytest
+from eth_account import Account
+
+from gateway.client import Client
+from node.bench.coop import start_testnet, stop_testnet, wait_started
+from node.bench.evm import sign_legacy
+from node.bench.report import percentile
+from node.bench.workload import PATTERN, TXS_PER_PATTERN, lots
+from node.tx import PAYLOAD_CHECKS
+
+BASE_PORT = 31700
+
+
+def test_mix_of_one_pattern_and_unique_ids() -> None:
+    pattern = list(itertools.islice(lots("run", 10**12), len(PATTERN)))
+    ops = [op for lot in pattern for stage in lot.stages for op in stage]
+    assert len(ops) == TXS_PER_PATTERN
+    counts = Counter(op.type for op in ops)
+    assert counts == {
+        "asset.register": 8,
+        "asset.observe": 10,
+        "shipment.create": 4,
+        "shipment.receive": 4,
+        "asset.transform": 2,
+        "purchase.open": 1,
+        "purchase.commit": 6,
+    }
+    for op in ops:
+        PAYLOAD_CHECKS[op.type](op.payload)  # every payload passes admission's schema
+    asset_ids = [op.payload["asset_id"] for op in ops if op.type == "asset.register"]
+    assert len(set(asset_ids)) == len(asset_ids)
+
+
+def test_percentile_is_nearest_rank() -> None:
+    values = [float(v) for v in range(1, 101)]
+    assert percentile(values, 0.5) == 50.0
+    assert percentile(values, 0.99) == 99.0
+    assert percentile([], 0.5) == 0.0
+
+
+def test_fast_signer_matches_eth_account() -> None:
+    key = Account.create()
+    from eth_keys.datatypes import PrivateKey  # noqa: PLC0415
+
+    to, data = bytes.fromhex("11" * 20), bytes(range(200))
+    raw = sign_legacy(PrivateKey(bytes(key.key)), 7, to, data, 31337)
+    expected = Account.sign_transaction(
+        {"to": "0x" + to.hex(), "data": data, "gas": 400_000, "gasPrice": 10**9,
+         "nonce": 7, "chainId": 31337, "value": 0},
+        key.key,
+    )  # fmt: skip
+    assert raw == expected.raw_transaction
+
+
+@pytest.mark.timeout(120)
+def test_short_run_reports_consistent_figures(tmp_path: Path) -> None:
+    directory = tmp_path / "net"
+    description = start_testnet(directory, validators=4, db="sqlite", base_port=BASE_PORT)
+    try:
+        wait_started(description)
+        run = subprocess.run(
+            [sys.executable, "-m", "node", "bench", "--testnet", str(directory),
+             "--duration", "3", "--warmup", "1", "--json"],
+            capture_output=True, check=True, timeout=90,
+        )  # fmt: skip
+        result = json.loads(run.stdout)
+        for field in ("tx_per_s", "latency_ms", "validators", "duration_s", "sig_limit_tx_per_s"):
+            assert field in result
+        assert result["validators"] == 4
+        assert result["tx_per_s"] > 0
+        latency = result["latency_ms"]
+        assert 0 < latency["p50"] <= latency["p95"] <= latency["p99"]
+        assert result["tx_per_s"] == pytest.approx(
+            result["committed_txs"] / result["duration_s"], rel=0.01
+        )
+        blocks = result["blocks"]
+        api = description["nodes"][0]["api"]
+        with Client(api, description["operator_token"]) as client:
+            counted = sum(
+                client.block(height).header["tx_count"]
+                for height in range(blocks["first_height"], blocks["last_height"] + 1)
+            )
+        assert counted == result["committed_txs"]
+        assert result["outcomes"]["ok"] + result["outcomes"]["failed"] <= counted
+        assert len(result["per_validator"]) == 4
+        for node in result["per_validator"]:
+            assert node["cpu_percent"] > 0
+            assert node["peak_rss_mib"] >= node["rss_mib_start"] > 0
+    finally:
+        stop_testnet(directory)

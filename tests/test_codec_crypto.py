@@ -1,0 +1,113 @@
+"""Canonical JSON, SHA-256 and domain-separated Ed25519 signatures."""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+
+from node.codec import INT_ABS_MAX, canonical, hash_canonical, parse_json
+from node.crypto import KeyPair, public_key_problem, signing_bytes, verify
+from node.errors import EncodingError
+
+json_values = st.recursive(
+    st.none()
+    | st.booleans()
+    | st.integers(-INT_ABS_MAX, INT_ABS_MAX)
+    | st.text(alphabet=st.characters(blacklist_categories=("Cs",))),
+    lambda children: (
+        st.lists(children, max_size=4)
+        | st.dictionaries(
+            st.text(alphabet=st.characters(blacklist_categories=("Cs",))), children, max_size=4
+        )
+    ),
+    max_leaves=20,
+)
+
+
+def test_known_vector() -> None:
+    value = {"b": [1, True, None], "a": "é\n", "c": {"z": -5, "y": ""}}
+    assert canonical(value) == '{"a":"é\\n","b":[1,true,null],"c":{"y":"","z":-5}}'.encode()
+    assert hash_canonical({}) == "44136fa355b3678a1146ad16f7e8649e94fb4fc21fe77e8310c060f61caaff8a"
+
+
+@given(json_values)
+def test_round_trip_and_stability(value: Any) -> None:
+    encoded = canonical(value)
+    assert parse_json(encoded, what="t") == value
+    assert canonical(json.loads(encoded)) == encoded
+    assert canonical(parse_json(encoded, what="t")) == encoded
+
+
+@given(st.dictionaries(st.text(max_size=5), st.integers(0, 9), max_size=6))
+def test_key_order_does_not_change_bytes(value: dict[str, int]) -> None:
+    reversed_value = dict(reversed(list(value.items())))
+    assert canonical(reversed_value) == canonical(value)
+
+
+def nested(depth: int) -> Any:
+    value: Any = 1
+    for _ in range(depth):
+        value = [value]
+    return value
+
+
+@pytest.mark.parametrize(
+    ("value", "fragment"),
+    [
+        (1.5, "floats are not allowed"),
+        ({"a": [2**53]}, "$.a[0]: integer"),
+        ({1: "x"}, "not a string"),
+        ("\ud800", "lone surrogate"),
+        (b"raw", "bytes is not a JSON value"),
+        (nested(40), "nested deeper"),
+    ],
+)
+def test_values_outside_the_domain_are_refused(value: Any, fragment: str) -> None:
+    with pytest.raises(EncodingError) as caught:
+        canonical(value)
+    assert fragment in str(caught.value)
+
+
+@pytest.mark.parametrize(
+    ("text", "fragment"),
+    [
+        ('{"a":1.0}', "not an integer"),
+        ('{"a":1,"a":2}', "duplicate key"),
+        ('{"a":NaN}', "not valid JSON"),
+        ('{"a":9007199254740992}', "outside"),
+        ("{", "not valid JSON"),
+    ],
+)
+def test_untrusted_json_is_checked(text: str, fragment: str) -> None:
+    with pytest.raises(EncodingError) as caught:
+        parse_json(text, what="request")
+    assert fragment in str(caught.value) and "request" in str(caught.value)
+
+
+def test_signatures_are_domain_separated() -> None:
+    key = KeyPair.from_seed_hex("11" * 32)
+    message = {"chain_id": "c", "height": 1, "round": 0, "block_hash": "ab" * 32}
+    signature = key.sign("prevote", message)
+    assert verify("prevote", message, key.public_key, signature)
+    assert not verify("precommit", message, key.public_key, signature)
+    assert not verify("prevote", {**message, "round": 1}, key.public_key, signature)
+    assert signing_bytes("tx", {}) == b"coopledger:tx:v1:{}"
+
+
+def test_strict_verification_rejects_malleated_and_small_order() -> None:
+    key = KeyPair.from_seed_hex("22" * 32)
+    signature = bytes.fromhex(key.sign("tx", {"a": 1}))
+    # S + L (the group order) is the classic malleation; strict verification refuses it.
+    order = 2**252 + 27742317777372353535851937790883648493
+    s = int.from_bytes(signature[32:], "little") + order
+    malleated = signature[:32] + s.to_bytes(32, "little")
+    assert not verify("tx", {"a": 1}, key.public_key, malleated.hex())
+    identity_point = "01" + "00" * 31  # small order: signs everything with a trivial signature
+    assert public_key_problem(identity_point) is not None
+    assert not verify("tx", {"a": 1}, identity_point, ("01" + "00" * 31) + "00" * 32)
+    assert public_key_problem("AB" * 32) is not None
+    assert public_key_problem(key.public_key) is None

@@ -1,0 +1,43 @@
+"""The Grafana dashboard in deploy/ queries only metrics a node exports."""
+
+from __future__ import annotations
+
+import json
+import re
+from pathlib import Path
+
+from node.metrics import NodeMetrics
+
+DASHBOARD = Path(__file__).resolve().parent.parent / "deploy" / "grafana" / "coopledger.json"
+
+
+def exported_names() -> set[str]:
+    names: set[str] = set()
+    for family in NodeMetrics().registry.collect():
+        for sample in family.samples:
+            names.add(sample.name)
+        names.add(family.name)
+        if family.type == "counter":
+            names.add(f"{family.name}_total")
+        if family.type == "histogram":
+            names.update(f"{family.name}_{suffix}" for suffix in ("bucket", "sum", "count"))
+    return names
+
+
+def test_every_dashboard_query_names_an_exported_metric() -> None:
+    dashboard = json.loads(DASHBOARD.read_text())
+    exported = exported_names()
+    used = set()
+    for panel in dashboard["panels"]:
+        for target in panel["targets"]:
+            used.update(re.findall(r"coopledger_[a-z_]+", target["expr"]))
+    assert used, "the dashboard queries nothing"
+    assert used <= exported, sorted(used - exported)
+    covered = {re.sub(r"_(bucket|sum|count|total)$", "", name) for name in used}
+    assert {
+        "coopledger_height",
+        "coopledger_commit_latency_seconds",
+        "coopledger_mempool_txs",
+        "coopledger_peers_connected",
+        "coopledger_txs_rejected",
+    } <= covered

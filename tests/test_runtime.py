@@ -1,0 +1,280 @@
+"""The validator runtime in one process: four NodeRuntimes on real loopback sockets.
+
+Faster than the multi-process tests (tests/test_testnet.py) and able to look inside: chains
+agree, a stopped validator restarts from its database and catches up by block sync.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import random
+import subprocess
+import sys
+import time
+from collections.abc import Awaitable, Callable
+from pathlib import Path
+from typing import Any
+
+import pytest
+from tests_support import free_base_port
+
+from consensus.types import ValidatorId
+from node.config import load_config
+from node.consortium import make_consortium
+from node.errors import AdmissionError, ConfigError
+from node.keys import read_key_file
+from node.ledger import Ledger
+from node.mempool import Mempool
+from node.runtime import LedgerApplication, NodeRuntime
+from node.storage import MemoryStore
+from node.testnet import generate
+from node.transport import PeerNetwork
+from node.tx import sign_transaction
+
+
+def metric(node: NodeRuntime, name: str, **labels: str) -> float:
+    return node.metrics.registry.get_sample_value(name, labels) or 0.0
+
+
+async def wait_until(condition: Callable[[], bool], timeout_s: float) -> None:
+    deadline = time.monotonic() + timeout_s
+    while not condition():
+        if time.monotonic() > deadline:
+            raise AssertionError("condition not reached in time")
+        await asyncio.sleep(0.05)
+
+
+class Network:
+    def __init__(self, directory: Path) -> None:
+        self.directory = directory
+        self.description = generate(directory, validators=4, base_port=free_base_port(8))
+        self.nodes: dict[int, NodeRuntime] = {}
+        self.tasks: dict[int, asyncio.Task[None]] = {}
+        member = self.description["members"][0]
+        self.member_id = member["id"]
+        self.key = read_key_file(Path(member["key_file"])).key_pair
+        self.nonce = 0
+
+    def start(self, index: int) -> NodeRuntime:
+        node = NodeRuntime(load_config(self.directory / f"validator-{index}" / "config.json"))
+        self.nodes[index] = node
+        self.tasks[index] = asyncio.get_running_loop().create_task(node.run())
+        return node
+
+    async def stop(self, index: int) -> None:
+        self.nodes[index].stop()
+        await self.tasks.pop(index)
+        del self.nodes[index]
+
+    def envelope(self, asset_id: str) -> dict[str, Any]:
+        self.nonce += 1
+        body = {
+            "chain_id": self.description["chain_id"],
+            "type": "asset.register",
+            "sender": self.member_id,
+            "nonce": self.nonce,
+            "expires_at_ms": int(time.time() * 1000) + 120_000,
+            "payload": {
+                "asset_id": asset_id,
+                "product": "cheese",
+                "quantity": 5,
+                "unit": "kg",
+                "origin": "CH",
+            },
+        }
+        return sign_transaction(self.key, body)
+
+    async def close(self) -> None:
+        for index in list(self.nodes):
+            await self.stop(index)
+
+
+def run(directory: Path, scenario: Callable[[Network], Awaitable[None]]) -> None:
+    async def main() -> None:
+        network = Network(directory)
+        try:
+            await scenario(network)
+        finally:
+            await network.close()
+
+    asyncio.run(main())
+
+
+def test_four_validators_agree_on_every_block(tmp_path: Path) -> None:
+    async def scenario(net: Network) -> None:
+        nodes = [net.start(i) for i in range(4)]
+        await wait_until(lambda: all(len(n.network.connected_peers()) == 3 for n in nodes), 10)
+        tx_ids = [await nodes[i % 4].submit(net.envelope(f"lot-{i}")) for i in range(40)]
+        committed = await nodes[0].wait_committed(tx_ids[-1], 20)
+        assert committed is not None and committed.record.code == "ok"
+        for tx_id in tx_ids:
+            assert await nodes[3].wait_committed(tx_id, 20) is not None
+        await wait_until(lambda: len({n.ledger.height for n in nodes}) == 1, 10)
+        top = nodes[0].ledger.height
+        for height in range(1, top + 1):
+            hashes = {n.ledger.store.block(height).block_hash for n in nodes}  # type: ignore[union-attr]
+            assert len(hashes) == 1, f"validators disagree at height {height}"
+        assert len({n.ledger.state_root for n in nodes}) == 1
+        assert all((n.config.data_dir / "safety.json").exists() for n in nodes)
+        status = nodes[2].status()
+        assert status.height == top and all(v.connected for v in status.validators)
+
+    run(tmp_path, scenario)
+
+
+def test_a_stopped_validator_restarts_and_catches_up(tmp_path: Path) -> None:
+    async def scenario(net: Network) -> None:
+        nodes = [net.start(i) for i in range(4)]
+        await wait_until(lambda: all(len(n.network.connected_peers()) == 3 for n in nodes), 10)
+        first = await nodes[0].submit(net.envelope("before"))
+        assert await nodes[0].wait_committed(first, 20) is not None
+        await net.stop(3)
+        # Three of four is a quorum: the network keeps committing without validator-3.
+        tx_ids = [await nodes[i % 3].submit(net.envelope(f"while-down-{i}")) for i in range(30)]
+        for tx_id in tx_ids:
+            assert await nodes[0].wait_committed(tx_id, 30) is not None
+        behind = nodes[0].ledger.height
+        restarted = net.start(3)
+        await wait_until(lambda: restarted.ledger.height >= behind, 30)
+        block = restarted.ledger.store.block(behind)
+        assert (
+            block is not None and block.block_hash == nodes[0].ledger.store.block(behind).block_hash
+        )  # type: ignore[union-attr]
+        late = await restarted.submit(net.envelope("after"))
+        assert await nodes[1].wait_committed(late, 30) is not None
+
+    run(tmp_path, scenario)
+
+
+def test_a_genuine_peer_serving_a_bad_block_is_disconnected(tmp_path: Path) -> None:
+    """validator-3's real key, but forged blocks: refused, disconnected, chain unharmed."""
+
+    async def scenario(net: Network) -> None:
+        nodes = [net.start(i) for i in range(3)]
+        await wait_until(lambda: all(len(n.network.connected_peers()) == 2 for n in nodes), 10)
+        tx_id = await nodes[0].submit(net.envelope("honest"))
+        assert await nodes[0].wait_committed(tx_id, 20) is not None
+        victim = nodes[0]
+        height = victim.ledger.height
+        good = victim.ledger.store.block(height)
+        assert good is not None
+        header = dict(good.header)
+        evil_config = load_config(net.directory / "validator-3" / "config.json")
+        evil_key = read_key_file(evil_config.key_file).key_pair
+        evil = PeerNetwork(
+            victim.genesis,
+            "validator-3",
+            evil_key,
+            evil_config.peer_listen[0],
+            evil_config.peer_listen[1],
+            on_message=lambda peer, frame: None,
+            rng=random.Random(7),
+        )
+        await evil.start()
+        try:
+            await wait_until(lambda: "validator-0" in evil.connected_peers(), 10)
+            height = victim.ledger.height
+            forged = {
+                **header,
+                "height": height + 1,
+                "prev_hash": victim.ledger.last_block_hash,
+                "tx_count": 0,
+            }
+            bad_commit = {
+                "height": height + 1,
+                "round": 0,
+                "block_hash": "ab" * 32,
+                "signatures": [],
+            }
+            evil.send(
+                "validator-0",
+                {
+                    "type": "sync_response",
+                    "blocks": [{"header": forged, "transactions": [], "commit": bad_commit}],
+                },
+            )
+            await wait_until(lambda: metric(victim, "coopledger_bad_peer_blocks_total") >= 1, 10)
+            # Disconnected (it may redial: a disconnect is not a ban).
+            await wait_until(lambda: victim.network.counters.disconnects["requested"] >= 1, 10)
+            evil.send("validator-1", {"type": "sync_response", "blocks": "garbage"})
+            await wait_until(lambda: metric(nodes[1], "coopledger_frames_dropped_total") >= 1, 10)
+            await wait_until(lambda: nodes[1].network.counters.disconnects["requested"] >= 1, 10)
+        finally:
+            await evil.stop()
+        assert (
+            victim.ledger.store.block(height + 1) is None
+            or victim.ledger.store.block(height + 1).block_hash != "ab" * 32
+        )  # type: ignore[union-attr]
+        later = await nodes[1].submit(net.envelope("after-the-attack"))
+        assert await victim.wait_committed(later, 30) is not None
+
+    run(tmp_path, scenario)
+
+
+def test_metrics_move_by_the_right_amounts_after_a_burst(tmp_path: Path) -> None:
+    async def scenario(net: Network) -> None:
+        nodes = [net.start(i) for i in range(4)]
+        await wait_until(lambda: all(len(n.network.connected_peers()) == 3 for n in nodes), 10)
+        envelopes = [net.envelope(f"burst-{i}") for i in range(30)]
+        tx_ids = [await nodes[0].submit(envelope) for envelope in envelopes]
+        with pytest.raises(AdmissionError):
+            await nodes[0].submit(envelopes[0])
+        for tx_id in tx_ids:
+            assert await nodes[0].wait_committed(tx_id, 30) is not None
+        await wait_until(lambda: len({n.ledger.height for n in nodes}) == 1, 10)
+        for node in nodes:
+            height = node.ledger.height
+            assert metric(node, "coopledger_txs_committed_total") == 30
+            assert metric(node, "coopledger_txs_admitted_total") == 30
+            assert metric(node, "coopledger_blocks_committed_total") == height
+            assert metric(node, "coopledger_height") == height
+            assert metric(node, "coopledger_block_storage_seconds_count") == height
+            assert metric(node, "coopledger_commit_latency_seconds_count") == height
+            assert metric(node, "coopledger_rounds_per_height_count") == height
+            assert metric(node, "coopledger_block_execution_seconds_count") >= height
+            assert metric(node, "coopledger_peers_connected") == 3
+        assert metric(nodes[0], "coopledger_txs_rejected_total", code="duplicate-tx") == 1
+        text = nodes[1].metrics_exposition().decode()
+        assert "# TYPE coopledger_commit_latency_seconds histogram" in text
+
+    run(tmp_path, scenario)
+
+
+def test_a_second_process_on_the_same_data_dir_is_refused(tmp_path: Path) -> None:
+    """Two instances of one validator could sign conflicting votes: the second must not start."""
+    generate(tmp_path, validators=4, base_port=free_base_port(8))
+    config = load_config(tmp_path / "validator-0" / "config.json")
+    first = NodeRuntime(config)
+    with pytest.raises(ConfigError, match="in use by another running node"):
+        NodeRuntime(config)
+    script = (
+        "import sys; from pathlib import Path; from node.config import load_config; "
+        "from node.runtime import NodeRuntime; NodeRuntime(load_config(Path(sys.argv[1])))"
+    )
+    other = subprocess.run(
+        [sys.executable, "-c", script, str(config.source)],
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    assert other.returncode != 0 and "in use by another running node" in other.stderr
+    first.close()
+    NodeRuntime(config).close()  # released: the next start succeeds
+
+
+def test_blocks_shrink_when_validation_gets_slow_and_grow_back() -> None:
+    consortium = make_consortium()
+    genesis = consortium.genesis
+    ledger = Ledger(genesis, MemoryStore(chain_id=genesis.chain_id, genesis_hash=genesis.hash))
+    app = LedgerApplication(ledger, Mempool(), lambda h, r: ValidatorId("validator-0"), lambda: 0)
+    assert app.block_txs_limit() == genesis.params["block_txs_max"]
+    budget_s = genesis.params["timeout_propose_ms"] / 1000 * 0.3
+    for _ in range(30):
+        app.observe_cost(seconds=2.0, txs=1000)  # 2 ms a transaction: a slow, loaded host
+    assert app.block_txs_limit() == int(budget_s / 0.002)
+    for _ in range(30):
+        app.observe_cost(seconds=100.0, txs=1000)
+    assert app.block_txs_limit() == 64  # never below the floor
+    for _ in range(60):
+        app.observe_cost(seconds=0.02, txs=1000)
+    assert app.block_txs_limit() == genesis.params["block_txs_max"]
