@@ -18,8 +18,9 @@ from eth_account import Account
 
 from gateway.client import Client
 from node.bench.coop import start_testnet, stop_testnet, wait_started
+from node.bench.engine import Measurement, SeenBlock
 from node.bench.evm import sign_legacy
-from node.bench.report import percentile
+from node.bench.report import figures, percentile
 from node.bench.workload import PATTERN, TXS_PER_PATTERN, lots
 from node.tx import PAYLOAD_CHECKS
 
@@ -53,6 +54,17 @@ def test_percentile_is_nearest_rank() -> None:
     assert percentile([], 0.5) == 0.0
 
 
+def test_report_warns_when_the_window_saw_no_block() -> None:
+    empty = Measurement(window_start_s=10.0, window_end_s=13.0)
+    report = figures(empty)
+    assert report["tx_per_s"] == 0.0
+    assert "no block committed" in report["warnings"][0]
+    full = Measurement(window_start_s=10.0, window_end_s=13.0)
+    full.blocks = [SeenBlock(h, 10.5 + h / 10, 1000 * h, 5, []) for h in range(1, 6)]
+    assert figures(full)["warnings"] == []
+    assert figures(full)["tx_per_s"] == pytest.approx(25 / 3, rel=0.01)
+
+
 def test_fast_signer_matches_eth_account() -> None:
     key = Account.create()
     from eth_keys.datatypes import PrivateKey  # noqa: PLC0415
@@ -74,15 +86,18 @@ def test_short_run_reports_consistent_figures(tmp_path: Path) -> None:
     try:
         wait_started(description)
         run = subprocess.run(
+            # A paced load (not "as fast as accepted"): an unpaced burst of 12,000
+            # transactions can take longer than a short window to reach its first block on
+            # a loaded 2-core CI machine, and this test is about the report, not the peak.
             [sys.executable, "-m", "node", "bench", "--testnet", str(directory),
-             "--duration", "3", "--warmup", "1", "--json"],
+             "--rate", "300", "--clients", "16", "--duration", "6", "--warmup", "3", "--json"],
             capture_output=True, check=True, timeout=90,
         )  # fmt: skip
         result = json.loads(run.stdout)
         for field in ("tx_per_s", "latency_ms", "validators", "duration_s", "sig_limit_tx_per_s"):
             assert field in result
         assert result["validators"] == 4
-        assert result["tx_per_s"] > 0
+        assert result["tx_per_s"] > 0, result["warnings"]
         latency = result["latency_ms"]
         assert 0 < latency["p50"] <= latency["p95"] <= latency["p99"]
         assert result["tx_per_s"] == pytest.approx(

@@ -115,6 +115,8 @@ def show(console: Console, result: dict[str, Any]) -> None:
             table.add_row(f"anvil {name} ({run['config']}) tx/s", f"{run['tx_per_s']:,.0f}")
         table.add_row("coopledger / anvil tuned", f"{result['ratio_to_anvil']}")
     console.print(table)
+    for warning in result.get("warnings", []):
+        console.print(f"[yellow]warning:[/yellow] {warning}")
     if "profile" in result:
         console.print(f"profile of {result['profile']['validator']}: {result['profile']['phases']}")
 

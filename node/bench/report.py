@@ -70,7 +70,29 @@ def figures(m: Measurement) -> dict[str, Any]:
         "sent_in_window": m.sent_in_window,
         "prepared_during_run": m.prepared_in_run,
         "uncommitted_at_end": m.uncommitted_at_end,
+        "warnings": _warnings(m),
     }
+
+
+FEW_BLOCKS = 3
+"""A rate measured over fewer blocks than this is mostly edge effect."""
+
+
+def _warnings(m: Measurement) -> list[str]:
+    """What makes this run's figures unfit to quote."""
+    warnings = []
+    if not m.blocks:
+        warnings.append(
+            "no block committed inside the measured window: the load's first blocks came "
+            "later (a loaded machine, or a window too short); lengthen --warmup and --duration "
+            "or pace the load with --rate"
+        )
+    elif len(m.blocks) < FEW_BLOCKS:
+        warnings.append(
+            f"only {len(m.blocks)} blocks inside the window: the figure is mostly edge "
+            "effect; lengthen --duration"
+        )
+    return warnings
 
 
 def process_figures(
