@@ -38,6 +38,43 @@ _encoder = json.JSONEncoder(
 
 def check_canonical_value(value: Any, path: str = "$", depth: int = 0) -> None:
     """Raise :class:`EncodingError` naming the first place where ``value`` leaves the domain."""
+    if not _in_domain(value, depth):
+        _explain(value, path, depth)  # raises at the first problem (subclasses pass)
+
+
+def _in_domain(value: Any, depth: int) -> bool:
+    """True if ``value`` is in the canonical domain: the hot path of every check.
+
+    It builds no path strings and dispatches on the exact type (``bool`` is a subclass of
+    ``int``; both are fine), so it costs a fraction of :func:`_explain`, which runs only to
+    name the problem once this says there is one.
+    """
+    if depth > NESTING_DEPTH_MAX:
+        return False
+    kind = type(value)
+    if kind is str:
+        text: str = value
+        return text.isascii() or _is_text(text)
+    if kind is int:
+        number: int = value
+        return -INT_ABS_MAX <= number <= INT_ABS_MAX
+    if kind is dict:
+        depth += 1
+        for key, item in value.items():
+            if type(key) is not str or not (key.isascii() or _is_text(key)):
+                return False
+            if not _in_domain(item, depth):
+                return False
+        return True
+    if kind is list:
+        depth += 1
+        return all(_in_domain(item, depth) for item in value)
+    # Subclasses of str, int, list and dict, and everything else, take the slow path.
+    return value is None or kind is bool
+
+
+def _explain(value: Any, path: str, depth: int) -> None:
+    """Walk ``value`` with paths and raise :class:`EncodingError` at the first problem."""
     if depth > NESTING_DEPTH_MAX:
         raise EncodingError(f"{path}: nested deeper than {NESTING_DEPTH_MAX} levels")
     if value is None or isinstance(value, bool):
@@ -51,25 +88,32 @@ def check_canonical_value(value: Any, path: str = "$", depth: int = 0) -> None:
         return
     if isinstance(value, list):
         for position, item in enumerate(value):
-            check_canonical_value(item, f"{path}[{position}]", depth + 1)
+            _explain(item, f"{path}[{position}]", depth + 1)
         return
     if isinstance(value, dict):
         for key, item in value.items():
             if not isinstance(key, str):
                 raise EncodingError(f"{path}: object key {key!r} is not a string")
             _check_text(key, f"{path} key")
-            check_canonical_value(item, f"{path}.{key}", depth + 1)
+            _explain(item, f"{path}.{key}", depth + 1)
         return
     if isinstance(value, float):
         raise EncodingError(f"{path}: floats are not allowed (use integer minor units)")
     raise EncodingError(f"{path}: {type(value).__name__} is not a JSON value")
 
 
-def _check_text(text: str, path: str) -> None:
+def _is_text(text: str) -> bool:
+    """True if ``text`` has no lone surrogate (so it encodes as UTF-8)."""
     try:
         text.encode("utf-8")
-    except UnicodeEncodeError as error:
-        raise EncodingError(f"{path}: not valid Unicode text (lone surrogate)") from error
+    except UnicodeEncodeError:
+        return False
+    return True
+
+
+def _check_text(text: str, path: str) -> None:
+    if not _is_text(text):
+        raise EncodingError(f"{path}: not valid Unicode text (lone surrogate)")
 
 
 def canonical(value: Any) -> bytes:
@@ -111,11 +155,13 @@ def parse_json(data: bytes | str, *, what: str) -> Any:
     """
 
     def no_duplicates(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
-        result: dict[str, Any] = {}
-        for key, item in pairs:
-            if key in result:
-                raise EncodingError(f"{what}: duplicate key {key!r}")
-            result[key] = item
+        result = dict(pairs)
+        if len(result) != len(pairs):
+            seen: set[str] = set()
+            for key, _ in pairs:
+                if key in seen:
+                    raise EncodingError(f"{what}: duplicate key {key!r}")
+                seen.add(key)
         return result
 
     def no_float(text: str) -> Any:

@@ -9,7 +9,15 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from node.codec import INT_ABS_MAX, canonical, hash_canonical, parse_json
+from node.codec import (
+    INT_ABS_MAX,
+    _explain,
+    _in_domain,
+    canonical,
+    check_canonical_value,
+    hash_canonical,
+    parse_json,
+)
 from node.crypto import KeyPair, public_key_problem, signing_bytes, verify
 from node.errors import EncodingError
 
@@ -70,6 +78,55 @@ def test_values_outside_the_domain_are_refused(value: Any, fragment: str) -> Non
     with pytest.raises(EncodingError) as caught:
         canonical(value)
     assert fragment in str(caught.value)
+
+
+class Text(str):
+    pass
+
+
+_leaves = st.one_of(
+    st.none(),
+    st.booleans(),
+    st.integers(-(2**60), 2**60),
+    st.floats(allow_nan=False),
+    st.text(max_size=4),
+    st.sampled_from(["\ud800", "a\udfff", Text("sub"), b"raw"]),
+)
+_values = st.recursive(
+    _leaves,
+    lambda children: st.one_of(
+        st.lists(children, max_size=3),
+        st.dictionaries(st.one_of(st.text(max_size=3), st.integers(0, 3)), children, max_size=3),
+    ),
+    max_leaves=12,
+)
+
+
+@given(_values, st.integers(0, 40))
+def test_fast_domain_check_agrees_with_the_explaining_walk(value: Any, depth: int) -> None:
+    """The hot-path check and the walk that names the problem accept the same values."""
+    wrapped = value
+    for _ in range(depth):
+        wrapped = [wrapped]
+    try:
+        _explain(wrapped, "$", 0)
+    except EncodingError:
+        explained_ok = False
+    else:
+        explained_ok = True
+    if _in_domain(wrapped, 0):
+        assert explained_ok  # the fast path never accepts what the walk refuses
+    if explained_ok:
+        check_canonical_value(wrapped)  # subclasses: refused fast, accepted by the walk
+    else:
+        with pytest.raises(EncodingError):
+            check_canonical_value(wrapped)
+
+
+def test_duplicate_keys_are_found_at_any_depth() -> None:
+    with pytest.raises(EncodingError, match="duplicate key 'b'"):
+        parse_json('{"a":[{"c":1},{"b":1,"d":2,"b":3}]}', what="t")
+    assert parse_json('{"a":[{"b":1,"d":2}]}', what="t") == {"a": [{"b": 1, "d": 2}]}
 
 
 @pytest.mark.parametrize(
