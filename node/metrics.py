@@ -8,7 +8,10 @@ histograms are updated where the event happens.
 
 from __future__ import annotations
 
+import gc
+import time
 from collections.abc import Callable
+from typing import Any
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 
@@ -19,6 +22,10 @@ WORK_BUCKETS_S = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 
 """Block execution and storage: from an empty heartbeat block to thousands of transactions."""
 
 ROUND_BUCKETS = (1, 2, 3, 4, 6, 8, 12, 16)
+
+GC_BUCKETS_S = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0)
+"""Garbage-collector pauses: young generations take microseconds, a full one over a large
+heap tens or hundreds of milliseconds (a stall of the whole node, consensus included)."""
 
 
 class NodeMetrics:
@@ -102,6 +109,37 @@ class NodeMetrics:
             "Blocks from peers that failed verification (the peer was disconnected).",
             registry=registry,
         )
+
+        self.gc_pause = Histogram(
+            "coopledger_gc_pause_seconds",
+            "Pauses of the Python garbage collector in this process, by generation.",
+            ["generation"],
+            buckets=GC_BUCKETS_S,
+            registry=registry,
+        )
+        self._gc_started = 0.0
+
+    def watch_gc(self) -> Callable[[], None]:
+        """Time every collection of this process into ``gc_pause``; return the undo.
+
+        ``gc.callbacks`` is process-wide: call the undo when the node stops, so nodes that
+        share a process (tests) do not keep each other's callbacks alive.
+        """
+
+        def callback(phase: str, info: dict[str, Any]) -> None:
+            if phase == "start":
+                self._gc_started = time.perf_counter()
+            elif self._gc_started:
+                pause = time.perf_counter() - self._gc_started
+                self.gc_pause.labels(str(info["generation"])).observe(pause)
+
+        gc.callbacks.append(callback)
+
+        def undo() -> None:
+            if callback in gc.callbacks:
+                gc.callbacks.remove(callback)
+
+        return undo
 
     def bind(
         self,

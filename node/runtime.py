@@ -806,6 +806,7 @@ class NodeRuntime:
         loop = asyncio.get_running_loop()
         for signum in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(signum, self.stop)
+        unwatch_gc = self.metrics.watch_gc()
         await self.network.start()
         server: uvicorn.Server | None = None
         server_task: asyncio.Task[None] | None = None
@@ -834,6 +835,7 @@ class NodeRuntime:
             server.should_exit = True
             await server_task
         await self.network.stop()
+        unwatch_gc()
         self.close()
 
     def close(self) -> None:

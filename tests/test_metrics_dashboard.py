@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import gc
 import json
 import re
 from pathlib import Path
 
+from node.cli_node import GC_THRESHOLDS, tune_gc
 from node.metrics import NodeMetrics
 
 DASHBOARD = Path(__file__).resolve().parent.parent / "deploy" / "grafana" / "coopledger.json"
@@ -41,3 +43,37 @@ def test_every_dashboard_query_names_an_exported_metric() -> None:
         "coopledger_peers_connected",
         "coopledger_txs_rejected",
     } <= covered
+
+
+def gc_pause_counts(metrics: NodeMetrics) -> dict[str, float]:
+    return {
+        sample.labels["generation"]: sample.value
+        for family in metrics.registry.collect()
+        for sample in family.samples
+        if sample.name == "coopledger_gc_pause_seconds_count"
+    }
+
+
+def test_gc_pauses_are_timed_until_the_watch_is_undone() -> None:
+    metrics = NodeMetrics()
+    undo = metrics.watch_gc()
+    try:
+        gc.collect(0)
+        gc.collect(2)
+    finally:
+        undo()
+    counts = gc_pause_counts(metrics)
+    assert counts["0"] >= 1 and counts["2"] >= 1
+    gc.collect(2)  # no longer watched
+    assert gc_pause_counts(metrics) == counts
+
+
+def test_the_node_entry_point_freezes_start_up_and_collects_less_often() -> None:
+    thresholds = gc.get_threshold()
+    try:
+        tune_gc()
+        assert gc.get_threshold() == GC_THRESHOLDS
+        assert gc.get_freeze_count() > 0
+    finally:
+        gc.unfreeze()
+        gc.set_threshold(*thresholds)
