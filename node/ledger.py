@@ -159,7 +159,7 @@ class Ledger:
                 self._tree.root().hex() == tip.header["state_root"],
                 "the stored state does not match the tip's state_root",
             )
-        self._recent = DedupIndex(RECENT_TX_IDS_MAX)
+        self._recent = DedupIndex(RECENT_TX_IDS_MAX, complete_above_ms=store.latest_expiry_ms())
         """Recently committed tx ids: the fast front of the store's deduplication index."""
         self._pending: tuple[str, dict[bytes, bytes | None], dict[bytes, bytes | None]] | None = (
             None
@@ -196,14 +196,19 @@ class Ledger:
         finally:
             self._tree.update(forward)
 
-    def committed_among(self, tx_ids: Sequence[str]) -> set[str]:
-        """Those of ``tx_ids`` committed and not yet expired: the replay check.
+    def committed_among(self, txs: Sequence[Transaction]) -> set[str]:
+        """The ids of those of ``txs`` committed and not yet expired: the replay check.
 
-        Recent ones are answered from memory, the others by one batched store query, so
-        the memory this takes is bounded whatever the rate and the expiry window.
+        Recent ones are answered from memory. The store is asked, in one batched query, only
+        about transactions the memory cannot vouch for: those expiring no later than the
+        latest expiry it forgot early (or held in the store at start-up). So the memory this
+        takes is bounded whatever the rate, and a client that sets its expiries as it signs
+        (now plus a window) is checked without a database read.
         """
-        found = {tx_id for tx_id in tx_ids if tx_id in self._recent}
-        rest = [tx_id for tx_id in tx_ids if tx_id not in found]
+        recent = self._recent
+        found = {tx.tx_id for tx in txs if tx.tx_id in recent}
+        bound = recent.complete_above_ms
+        rest = [tx.tx_id for tx in txs if tx.expires_at_ms <= bound and tx.tx_id not in found]
         if rest:
             found |= self.store.committed_unexpired(rest, self.last_timestamp_ms)
         return found
@@ -256,7 +261,7 @@ class Ledger:
                 outcomes.append(error)
             else:
                 outcomes.append(tx)
-        committed = self.committed_among([o.tx_id for o in outcomes if isinstance(o, Transaction)])
+        committed = self.committed_among([o for o in outcomes if isinstance(o, Transaction)])
         return [
             AdmissionError("duplicate-tx", "already committed")
             if isinstance(o, Transaction) and o.tx_id in committed
@@ -275,7 +280,7 @@ class Ledger:
     def check_block_txs(self, txs: Sequence[Transaction], timestamp_ms: int) -> None:
         """Block validity: every transaction in window, not a duplicate, correctly signed."""
         seen: set[str] = set()
-        committed = self.committed_among([tx.tx_id for tx in txs])
+        committed = self.committed_among(txs)
         for tx in txs:
             check_window(tx, self.genesis.chain_id, timestamp_ms)
             if tx.tx_id in committed or tx.tx_id in seen:

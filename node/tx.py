@@ -172,12 +172,16 @@ class DedupIndex:
     this as a fast front for its store, which answers for the rest (``committed_unexpired``).
     """
 
-    __slots__ = ("_expiry_by_tx", "_heap", "entries_max")
+    __slots__ = ("_expiry_by_tx", "_heap", "complete_above_ms", "entries_max")
 
-    def __init__(self, entries_max: int | None = None) -> None:
+    def __init__(self, entries_max: int | None = None, *, complete_above_ms: int = 0) -> None:
         self._expiry_by_tx: dict[str, int] = {}
         self._heap: list[tuple[int, str]] = []
         self.entries_max = entries_max
+        self.complete_above_ms = complete_above_ms
+        """Every transaction added and expiring after this is still here: the latest expiry
+        forgotten early (or, for a fresh index in front of a store, the store's latest).
+        A lookup of a transaction expiring later needs nothing but this index."""
 
     def __contains__(self, tx_id: object) -> bool:
         return tx_id in self._expiry_by_tx
@@ -198,8 +202,10 @@ class DedupIndex:
             self._heap[0][0] <= block_time_ms
             or (limit is not None and len(self._expiry_by_tx) > limit)
         ):
-            _, tx_id = heapq.heappop(self._heap)
+            expires_at_ms, tx_id = heapq.heappop(self._heap)
             del self._expiry_by_tx[tx_id]
+            if expires_at_ms > block_time_ms:  # forgotten early, before it expired
+                self.complete_above_ms = max(self.complete_above_ms, expires_at_ms)
 
 
 # --- payload schemas -----------------------------------------------------------------------

@@ -215,3 +215,39 @@ def test_catch_up_verifies_commit_and_roots(fresh: tuple[Consortium, Ledger]) ->
     )
     with pytest.raises(ProofError):
         follower.apply_synced_block(*parts(1))
+
+
+def test_replays_are_refused_after_the_front_forgets_them_and_after_restart(
+    open_store: StoreOpener, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The in-memory front of the replay check is bounded; the store answers for the rest,
+    for every transaction the front cannot vouch for (forgotten early, or from before a
+    restart), so a replay is refused whichever of them remembers it."""
+    monkeypatch.setattr("node.ledger.RECENT_TX_IDS_MAX", 2)
+    consortium = make_consortium()
+    store = open_store(chain_id=consortium.genesis.chain_id, genesis_hash=consortium.genesis.hash)
+    ledger = Ledger(consortium.genesis, store)
+    t0 = consortium.genesis.genesis_time_ms + 1000
+    signed = [
+        consortium.sign(
+            "alpine-cheese", "asset.register", lot(f"r{i}"), expires_at_ms=t0 + 60_000 + i
+        )
+        for i in range(4)
+    ]
+    run_block(ledger, consortium, t0, signed)
+    assert ledger.committed_among([parse_envelope(e) for e in signed]) == {
+        parse_envelope(e).tx_id for e in signed
+    }
+    for replay in (signed[0], signed[3]):  # forgotten early / still in the front
+        with pytest.raises(AdmissionError) as caught:
+            ledger.admit(replay, t0 + 1000)
+        assert caught.value.code == "duplicate-tx"
+    restarted = Ledger(consortium.genesis, store)
+    for replay in signed:
+        with pytest.raises(AdmissionError) as caught:
+            restarted.admit(replay, t0 + 1000)
+        assert caught.value.code == "duplicate-tx"
+    fresh_tx = consortium.sign(
+        "alpine-cheese", "asset.register", lot("new"), expires_at_ms=t0 + 90_000
+    )
+    assert restarted.admit(fresh_tx, t0 + 1000).tx_id == parse_envelope(fresh_tx).tx_id

@@ -307,3 +307,18 @@ def test_dedup_front_is_bounded_by_count() -> None:
     assert len(index) == 100
     assert f"{0:064x}" in index, "the bound forgets the ones expiring first"
     assert f"{999:064x}" not in index
+
+
+def test_dedup_front_knows_above_which_expiry_it_is_complete() -> None:
+    index = DedupIndex(entries_max=3, complete_above_ms=NOW + 5)
+    for i in range(3):
+        index.add(f"{i:064x}", NOW + 100 + i)
+    index.prune(NOW)
+    assert index.complete_above_ms == NOW + 5, "nothing forgotten early yet"
+    index.add(f"{9:064x}", NOW + 200)
+    index.prune(NOW)  # over the bound: the one expiring first (NOW + 100) goes early
+    assert f"{0:064x}" not in index
+    assert index.complete_above_ms == NOW + 100
+    index.prune(NOW + 150)  # plain expiry does not lower what the index vouches for
+    assert index.complete_above_ms == NOW + 100
+    assert len(index) == 1

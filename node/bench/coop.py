@@ -63,7 +63,7 @@ class CoopBackend:
     def __init__(
         self,
         description: dict[str, Any],
-        expires_at_ms: int,
+        expiry_window_ms: int,
         *,
         connections_per_node: int = CONNECTIONS_PER_NODE,
     ) -> None:
@@ -71,7 +71,8 @@ class CoopBackend:
         self.description = description
         self.chain_id: str = description["chain_id"]
         self.apis: list[str] = [node["api"] for node in description["nodes"]]
-        self.expires_at_ms = expires_at_ms
+        self.expiry_window_ms = expiry_window_ms
+        """Each transaction expires this long after it is signed, as a client would set it."""
         self._operator = description["operator_token"]
         self._tokens = {m["id"]: m["token"] for m in description["members"]}
         self._keys: dict[str, KeyPair] = {
@@ -99,7 +100,7 @@ class CoopBackend:
             "type": op.type,
             "sender": op.sender,
             "nonce": self._nonce,
-            "expires_at_ms": self.expires_at_ms,
+            "expires_at_ms": time.time_ns() // 1_000_000 + self.expiry_window_ms,
             "payload": op.payload,
         }
         envelope = sign_transaction(self._keys[op.sender], body)

@@ -104,14 +104,12 @@ def _load(
     description: dict[str, Any], directory: Path, options: Options, progress: Progress
 ) -> dict[str, Any]:
     total_s = options.warmup_s + options.duration_s
-    expires_at_ms = time.time_ns() // 1_000_000 + int(
-        min((total_s + 600) * 1000, TX_EXPIRY_MS_MAX - 60_000)
-    )
+    expiry_window_ms = int(min((total_s + 600) * 1000, TX_EXPIRY_MS_MAX - 60_000))
     backend = coop.CoopBackend(
-        description, expires_at_ms, connections_per_node=_per_node(options, description)
+        description, expiry_window_ms, connections_per_node=_per_node(options, description)
     )
     run_id = uuid.uuid4().hex[:8]
-    deadline_ms = expires_at_ms + 3_600_000
+    deadline_ms = time.time_ns() // 1_000_000 + expiry_window_ms + 3_600_000
     engine = Engine(
         backend,
         lots(run_id, deadline_ms),

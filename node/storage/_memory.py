@@ -153,5 +153,8 @@ class MemoryStore:
         expiry = self._expiry
         return {tx_id for tx_id in tx_ids if expiry.get(tx_id, now_ms) > now_ms}
 
+    def latest_expiry_ms(self) -> int:
+        return max(self._expiry.values(), default=0)
+
     def close(self) -> None:
         """Nothing to release; kept for the protocol."""

@@ -129,6 +129,11 @@ class BlockStore(Protocol):
         deduplication lookup behind the ledger's in-memory set of recent ones."""
         ...
 
+    def latest_expiry_ms(self) -> int:
+        """The latest ``expires_at_ms`` of any committed transaction (0 for none): every
+        transaction the store holds has expired once block time passes it."""
+        ...
+
     def close(self) -> None:
         """Release the database; the store must not be used afterwards."""
         ...

@@ -44,6 +44,7 @@ from sqlalchemy import (
     bindparam,
     create_engine,
     event,
+    func,
     inspect,
     make_url,
     select,
@@ -433,6 +434,12 @@ class SqlStore:
                 )
                 found.update(str(row[0]) for row in conn.execute(query))
         return found
+
+    def latest_expiry_ms(self) -> int:
+        query = select(func.max(txs_table.c.expires_at_ms))  # the txs_expiry index's last entry
+        with _database_errors("reading the deduplication index"), self._engine.connect() as conn:
+            latest = conn.execute(query).scalar()
+        return int(latest or 0)
 
     def close(self) -> None:
         self._engine.dispose()
