@@ -56,10 +56,10 @@ GC_THRESHOLDS = (50_000, 50, 100)
 
 A validator allocates tens of thousands of short-lived containers a second (parsed
 envelopes, rule-engine records) that reference counting frees; the default thresholds
-collect generation 0 hundreds of times a second and promote the survivors of in-flight
+collected generation 0 about 40 times a second and promoted the survivors of in-flight
 work into older generations, so full collections (a walk over the whole heap: the state
 cache, the mempool, the replay index) came every few seconds and each stopped the node
-for about 200 ms under load. See docs/architecture.md, "Validator runtime"."""
+for about 190 ms under load. See docs/architecture.md, "Validator runtime"."""
 
 
 def tune_gc() -> None:
