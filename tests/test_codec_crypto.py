@@ -104,7 +104,8 @@ _values = st.recursive(
 
 @given(_values, st.integers(0, 40))
 def test_fast_domain_check_agrees_with_the_explaining_walk(value: Any, depth: int) -> None:
-    """The hot-path check and the walk that names the problem accept the same values."""
+    """The hot-path check never accepts what the walk that names problems refuses, and
+    ``check_canonical_value`` (fast path, then the walk) decides as the walk does."""
     wrapped = value
     for _ in range(depth):
         wrapped = [wrapped]
