@@ -810,6 +810,14 @@ class NodeRuntime:
         for signum in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(signum, self.stop)
         unwatch_gc = self.metrics.watch_gc()
+        try:
+            await self._serve(app)
+        finally:
+            unwatch_gc()  # process-wide: never left behind, even if start-up fails
+
+    async def _serve(self, app: Any | None) -> None:
+        assert self._stopping is not None
+        loop = asyncio.get_running_loop()
         await self.network.start()
         server: uvicorn.Server | None = None
         server_task: asyncio.Task[None] | None = None
@@ -838,7 +846,6 @@ class NodeRuntime:
             server.should_exit = True
             await server_task
         await self.network.stop()
-        unwatch_gc()
         self.close()
 
     def close(self) -> None:

@@ -1,4 +1,5 @@
-"""The Grafana dashboard in deploy/ queries only metrics a node exports."""
+"""Node metrics: the Grafana dashboard in deploy/ queries only series a node exports, and
+the garbage-collector pauses are timed (with the GC policy the node's entry point sets)."""
 
 from __future__ import annotations
 
