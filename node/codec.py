@@ -20,9 +20,11 @@ from __future__ import annotations
 import hashlib
 import json
 import re
+from collections.abc import Sequence
 from typing import Any
 
 from node.errors import EncodingError
+from node.invariant import invariant
 
 INT_ABS_MAX = 2**53 - 1
 """Largest integer magnitude JSON numbers carry exactly in IEEE doubles (JavaScript's
@@ -130,6 +132,21 @@ def canonical_trusted(value: Any) -> bytes:
     that crossed a trust boundary goes through :func:`canonical`.
     """
     return _encoder.encode(value).encode("utf-8")
+
+
+def splice_list(encoded: bytes, key: str, items: Sequence[bytes]) -> bytes:
+    """``encoded`` with the empty list under ``key`` filled with ``items``, each already
+    canonical: a block's thousands of envelopes go into a frame or a record as the bytes
+    they were admitted as, instead of being encoded again.
+
+    ``encoded`` must be canonical and hold ``"key":[]`` exactly once. Inside a JSON string
+    every quote is escaped, so that marker can only be the key itself.
+    """
+    marker = b'"' + key.encode("utf-8") + b'":[]'
+    at = encoded.find(marker)
+    invariant(at >= 0 and encoded.find(marker, at + 1) < 0, f"{key!r} must hold one empty list")
+    end = at + len(marker) - 1
+    return b"".join((encoded[:end], b",".join(items), encoded[end:]))
 
 
 def sha256(data: bytes) -> bytes:

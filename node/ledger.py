@@ -27,6 +27,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from node.block import Commit, Header, block_hash, check_header_shape, verify_commit
+from node.codec import canonical, sha256
 from node.errors import AdmissionError, ProofError
 from node.genesis import Genesis
 from node.invariant import invariant
@@ -62,6 +63,8 @@ class ExecutedBlock:
     txs: tuple[Transaction, ...]
     outcomes: tuple[Outcome, ...]
     changes: dict[StateKey, StateValue | None]
+    encoded_changes: dict[StateKey, bytes | None]
+    """``canonical`` of each value in :attr:`changes`: what the state root hashes."""
 
     @property
     def height(self) -> int:
@@ -315,9 +318,14 @@ class Ledger:
         outcomes = tuple(
             apply_transaction(changes, tx.body, tx.signer, tx.tx_id, context) for tx in txs
         )
-        tree_changes = {
-            state_key_hash(key): None if value is None else state_value_hash(value)
+        # Each new value is encoded once: its leaf hashes these bytes and the store keeps them.
+        encoded = {
+            key: None if value is None else canonical(value)
             for key, value in changes.changes.items()
+        }
+        tree_changes = {
+            state_key_hash(key): None if data is None else sha256(data)
+            for key, data in encoded.items()
         }
         inverse = {key_hash: self._tree.get(key_hash) for key_hash in tree_changes}
         state_root = self._tree.update(tree_changes).hex()
@@ -343,6 +351,7 @@ class Ledger:
             txs=tuple(txs),
             outcomes=outcomes,
             changes=dict(changes.changes),
+            encoded_changes=encoded,
         )
 
     def _revert_pending(self) -> None:
@@ -433,6 +442,7 @@ class Ledger:
             TxRecord(
                 tx_id=tx.tx_id,
                 envelope=tx.envelope,
+                envelope_json=tx.envelope_bytes.decode("utf-8"),
                 sender=tx.sender,
                 type=tx.type,
                 expires_at_ms=tx.expires_at_ms,
@@ -448,7 +458,10 @@ class Ledger:
             block_hash=executed.block_hash,
             commit=commit,
             txs=tx_records,
-            state_changes=executed.changes,
+            state_changes={
+                key: None if data is None else data.decode("utf-8")
+                for key, data in executed.encoded_changes.items()
+            },
             asset_events=[event for outcome in executed.outcomes for event in outcome.asset_events],
         )
 

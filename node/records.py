@@ -37,6 +37,8 @@ class TxRecord:
 
     tx_id: str
     envelope: dict[str, Any]
+    envelope_json: str
+    """``canonical(envelope)`` as text: what the store keeps, encoded once on admission."""
     sender: str
     type: str
     expires_at_ms: int
@@ -57,8 +59,9 @@ class BlockRecord:
     block_hash: str
     commit: Commit
     txs: list[TxRecord]
-    state_changes: dict[StateKey, StateValue | None]
-    """New value of every state key the block changed; ``None`` deletes the key."""
+    state_changes: dict[StateKey, str | None]
+    """Canonical JSON text of the new value of every state key the block changed (the
+    bytes its state-root leaf hashes); ``None`` deletes the key."""
     asset_events: list[AssetEvent] = field(default_factory=list)
 
     @property

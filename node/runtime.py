@@ -36,7 +36,7 @@ import os
 import random
 import signal
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -55,12 +55,12 @@ from consensus.events import (
     Start,
     TimeoutFired,
 )
-from consensus.messages import Block, SignatureVerifier
+from consensus.messages import Block, Proposal, SignatureVerifier
 from consensus.safety import SafetyRecord
 from consensus.types import Height, Round, TimerKind, ValidatorId
 from gateway.services import NodeStatus, ValidatorStatus
 from node.block import Commit, verify_commit
-from node.codec import canonical, canonical_trusted, parse_json
+from node.codec import canonical, canonical_trusted, parse_json, splice_list
 from node.config import NodeConfig
 from node.crypto import KeyPair
 from node.errors import AdmissionError, ConfigError, CoopledgerError, EncodingError, ProofError
@@ -82,6 +82,8 @@ from node.wire import (
     decode_sync_response,
     decode_txs,
     encode_message,
+    encode_proposal,
+    encode_txs,
     sync_request,
 )
 
@@ -155,13 +157,26 @@ class SafetyFile:
         except EncodingError as error:
             raise ConfigError(str(self.path), "$", f"corrupt safety record: {error}") from error
 
-    def save(self, record: SafetyRecord) -> None:
+    def save(self, record: SafetyRecord, locked_envelopes: Sequence[bytes] = ()) -> None:
+        """Write ``record`` durably; ``locked_envelopes`` are the canonical bytes of its
+        locked block's envelopes (spliced in, not encoded again)."""
+        locked = record.locked_block
+        invariant(
+            len(locked_envelopes) == (0 if locked is None else len(locked.transactions)),
+            "one encoding per envelope of the locked block",
+        )
+        # The record holds what the consensus core checked (votes, a validated block), so
+        # it is encoded without a domain walk, and a locked block's thousands of envelopes
+        # go in as the bytes they were admitted as.
+        value = record.to_json()
+        if value["locked_block"] is None:
+            data = canonical_trusted(value)
+        else:
+            value["locked_block"]["transactions"] = []
+            data = splice_list(canonical_trusted(value), "transactions", locked_envelopes)
         temporary = self.path.with_name(self.path.name + ".tmp")
         with open(temporary, "wb") as handle:
-            # The record holds what the consensus core checked (votes, a validated block):
-            # encoding it without another domain walk keeps a locked block of thousands of
-            # transactions cheap to persist before every vote.
-            handle.write(canonical_trusted(record.to_json()))
+            handle.write(data)
             handle.flush()
             os.fsync(handle.fileno())
         os.replace(temporary, self.path)
@@ -246,6 +261,15 @@ class LedgerApplication:
         if self.metrics is not None:
             self.metrics.block_execution.observe(time.perf_counter() - started)
         return executed
+
+    def encoded_envelopes(self, block: Block) -> list[bytes]:
+        """``canonical`` of each of ``block``'s envelopes: the bytes they were admitted as
+        when this node built or validated the block (as it has every block it proposes
+        or locks), else encoded now."""
+        executed = self._executed.get(block.hash)
+        if executed is not None:
+            return [tx.envelope_bytes for tx in executed.txs]
+        return [canonical(envelope) for envelope in block.transactions]
 
     def _parse(self, block: Block) -> list[Transaction]:
         """The block's transactions, reusing those this node already admitted."""
@@ -417,7 +441,7 @@ class NodeRuntime:
         self._last_commit_monotonic = time.monotonic()
         self._sync: _Sync | None = None
         self._peer_heights: dict[str, int] = {}
-        self._gossip_buffer: list[dict[str, Any]] = []
+        self._gossip_buffer: list[bytes] = []
         self._background: set[asyncio.Task[Any]] = set()
         self._gossip_scheduled = False
         self._position: tuple[int, int, int] = (0, -1, 0)
@@ -557,7 +581,7 @@ class NodeRuntime:
         return outcomes
 
     def _gossip(self, tx: Transaction) -> None:
-        self._gossip_buffer.append(tx.envelope)
+        self._gossip_buffer.append(tx.envelope_bytes)
         if len(self._gossip_buffer) >= GOSSIP_TXS_PER_FRAME_MAX:
             self._flush_gossip()
         elif not self._gossip_scheduled:
@@ -568,7 +592,7 @@ class NodeRuntime:
         self._gossip_scheduled = False
         if self._gossip_buffer:
             envelopes, self._gossip_buffer = self._gossip_buffer, []
-            self.network.broadcast({"type": "txs", "envelopes": envelopes})
+            self.network.broadcast_payload(encode_txs(envelopes))
 
     # --- peer frames --------------------------------------------------------------------------
 
@@ -731,9 +755,16 @@ class NodeRuntime:
             executed = await self.application.commit_block(decided.block, decided.commit)
             self._after_commit(executed)
         if ready.persist is not None:
-            self._safety.save(ready.persist)
+            locked = ready.persist.locked_block
+            self._safety.save(
+                ready.persist, () if locked is None else self.application.encoded_envelopes(locked)
+            )
         for message in ready.messages:
-            self.network.broadcast(encode_message(message))
+            if isinstance(message, Proposal):
+                envelopes = self.application.encoded_envelopes(message.block)
+                self.network.broadcast_payload(encode_proposal(message, envelopes))
+            else:
+                self.network.broadcast(encode_message(message))
         for timeout in ready.timeouts:
             self._schedule(timeout)
         for build in ready.builds:
@@ -824,7 +855,13 @@ class NodeRuntime:
         if app is not None:
             host, port = self.config.api_listen
             server = _QuietServer(
-                uvicorn.Config(app, host=host, port=port, log_level="warning", access_log=False)
+                uvicorn.Config(
+                    app,
+                    host=host,
+                    port=port,
+                    log_level="warning",
+                    access_log=False,
+                )
             )
             server_task = loop.create_task(server.serve())
         log.info(

@@ -68,6 +68,26 @@ class Transaction:
         return body
 
     @property
+    def envelope_bytes(self) -> bytes:
+        """``canonical(envelope)``, assembled from :attr:`body_bytes` without encoding again.
+
+        Keys in code point order (``body`` < ``signature`` < ``signer``); the signature and
+        the signer were checked to be lowercase hex, which JSON carries unescaped.
+        """
+        envelope = self.envelope
+        return b"".join(
+            (
+                b'{"body":',
+                self.body_bytes,
+                b',"signature":"',
+                envelope["signature"].encode("ascii"),
+                b'","signer":"',
+                envelope["signer"].encode("ascii"),
+                b'"}',
+            )
+        )
+
+    @property
     def signer(self) -> str:
         signer: str = self.envelope["signer"]
         return signer

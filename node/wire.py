@@ -19,12 +19,15 @@ frame and counts it against the peer.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import Any
 
 from consensus.messages import Block, Message, Precommit, Prevote, Proposal
 from consensus.types import Height, Round, ValidatorId
 from node.block import check_header_shape
+from node.codec import canonical, splice_list
 from node.errors import EncodingError, ProofError
+from node.invariant import invariant
 
 SYNC_BLOCKS_PER_RESPONSE_MAX = 64
 """Blocks per sync response: bounded so a response stays far below the frame limit for the
@@ -74,6 +77,22 @@ def encode_message(message: Message) -> dict[str, Any]:
                 "validator": message.validator,
                 "signature": message.signature,
             }
+
+
+def encode_proposal(message: Proposal, envelopes: Sequence[bytes]) -> bytes:
+    """The canonical payload of ``message``, its block's envelopes given already encoded
+    (``envelopes[i]`` is ``canonical(block.transactions[i])``): the same bytes as
+    ``canonical(encode_message(message))`` without encoding a block's envelopes again."""
+    invariant(len(envelopes) == len(message.block.transactions), "one encoding per envelope")
+    value = encode_message(message)
+    value["block"]["transactions"] = []
+    return splice_list(canonical(value), "transactions", envelopes)
+
+
+def encode_txs(envelopes: Sequence[bytes]) -> bytes:
+    """The canonical payload of a ``txs`` gossip frame of already encoded envelopes."""
+    invariant(len(envelopes) <= GOSSIP_TXS_PER_FRAME_MAX, "a gossip frame holds at most 512")
+    return splice_list(b'{"envelopes":[],"type":"txs"}', "envelopes", envelopes)
 
 
 def _fields(frame: dict[str, Any], names: set[str]) -> None:

@@ -95,7 +95,10 @@ class BlockMaker:
             block_hash=hash_,
             commit=commit,
             txs=txs,
-            state_changes=changes,
+            state_changes={
+                key: None if value is None else canonical_trusted(value).decode()
+                for key, value in changes.items()
+            },
             asset_events=events,
         )
 
@@ -165,9 +168,11 @@ class BlockMaker:
                 "asset_ids": assets,
                 "status": "in-transit",
             }
+        envelope = {"body": body, "signer": "cd" * 32, "signature": "ef" * 64}
         return TxRecord(
             tx_id=tx_id,
-            envelope={"body": body, "signer": "cd" * 32, "signature": "ef" * 64},
+            envelope=envelope,
+            envelope_json=canonical_trusted(envelope).decode(),
             sender=sender,
             type="shipment.create",
             expires_at_ms=body["expires_at_ms"],  # type: ignore[arg-type]

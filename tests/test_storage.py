@@ -12,6 +12,7 @@ height once its commit has returned.
 from __future__ import annotations
 
 import copy
+import json
 import os
 import random
 import signal
@@ -90,7 +91,10 @@ class ChainBuilder:
             block_hash=hash_,
             commit=commit,
             txs=txs,
-            state_changes=changes,
+            state_changes={
+                key: None if value is None else canonical(value).decode()
+                for key, value in changes.items()
+            },
             asset_events=events,
         )
         self.advance(record)
@@ -102,11 +106,11 @@ class ChainBuilder:
         self.tip_hash = record.block_hash
         self.tx_counts[record.height] = len(record.txs)
         self.blocks[record.height] = record
-        for key, value in record.state_changes.items():
-            if value is None:
+        for key, text in record.state_changes.items():
+            if text is None:
                 self.state.pop(key, None)
             else:
-                self.state[key] = value
+                self.state[key] = json.loads(text)
         for asset_event in record.asset_events:
             self.events.setdefault(asset_event.asset_id, []).append(asset_event)
 
@@ -141,9 +145,11 @@ class ChainBuilder:
             refs.append(("asset", previous))
             events.append(self._event(previous, tx_id, "asset.observe"))
         code = "not-custodian" if index % 7 == 6 else "ok"
+        envelope = {"body": body, "signer": "cd" * 32, "signature": "ef" * 64}
         return TxRecord(
             tx_id=tx_id,
-            envelope={"body": body, "signer": "cd" * 32, "signature": "ef" * 64},
+            envelope=envelope,
+            envelope_json=canonical(envelope).decode(),
             sender=sender,
             type="asset.register",
             expires_at_ms=body["expires_at_ms"],  # type: ignore[arg-type]

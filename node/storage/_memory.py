@@ -76,11 +76,11 @@ class MemoryStore:
             for ref in unique_refs(tx):
                 self._refs.setdefault(ref, []).append(position)
         self._block_txs.append(rows)
-        for key, value in record.state_changes.items():
-            if value is None:
+        for key, text in record.state_changes.items():
+            if text is None:
                 self._state.pop(key, None)
             else:
-                self._state[key] = encode(value)
+                self._state[key] = text
         for event in record.asset_events:
             self._events.setdefault(event.asset_id, {})[event.seq] = event
 

@@ -251,7 +251,7 @@ def tx_row(tx: TxRecord) -> TxRow:
         tx.type,
         tx.code,
         tx.expires_at_ms,
-        encode(tx.envelope),
+        tx.envelope_json,
         encode(tx.events),
         encode(tx.refs),
     )
@@ -273,6 +273,7 @@ def decode_tx(row: TxRow) -> TxRecord:
     return TxRecord(
         tx_id=tx_id,
         envelope=envelope,
+        envelope_json=row.envelope_json,
         sender=row.sender,
         type=row.type,
         expires_at_ms=row.expires_at_ms,

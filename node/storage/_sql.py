@@ -464,10 +464,8 @@ class _BlockRows:
             self.txs.append((height, *tx_row(tx)))
             self.refs.extend((kind, ref_id, height, tx.index) for kind, ref_id in unique_refs(tx))
         changes = record.state_changes.items()
-        self.state_puts: _Parameters = [
-            (key, encode(value)) for key, value in changes if value is not None
-        ]
-        self.state_deletes: _Parameters = [(key,) for key, value in changes if value is None]
+        self.state_puts: _Parameters = [(key, text) for key, text in changes if text is not None]
+        self.state_deletes: _Parameters = [(key,) for key, text in changes if text is None]
         self.events: _Parameters = [
             (e.asset_id, e.seq, e.event_hash, e.prev_hash, e.tx_id, e.type)
             for e in record.asset_events

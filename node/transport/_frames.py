@@ -36,7 +36,11 @@ def encode_payload(message: dict[str, Any]) -> bytes:
     """Canonical bytes of ``message``; raise :class:`EncodingError` if it cannot be a frame."""
     if not isinstance(message, dict):
         raise EncodingError(f"a peer message must be a JSON object, not {type(message).__name__}")
-    payload = canonical(message)
+    return check_payload(canonical(message))
+
+
+def check_payload(payload: bytes) -> bytes:
+    """``payload``, if it fits in a frame; raise :class:`EncodingError` if not."""
     if len(payload) > FRAME_BYTES_MAX:
         raise EncodingError(f"message of {len(payload)} bytes exceeds {FRAME_BYTES_MAX} bytes")
     return payload

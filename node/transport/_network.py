@@ -42,7 +42,13 @@ from node.errors import ConfigError
 from node.genesis import Genesis, address_problem
 from node.invariant import invariant
 from node.limits import FRAME_BYTES_MAX
-from node.transport._frames import FrameError, encode_payload, frame, read_frame
+from node.transport._frames import (
+    FrameError,
+    check_payload,
+    encode_payload,
+    frame,
+    read_frame,
+)
 from node.transport._handshake import (
     HANDSHAKE_FRAME_BYTES_MAX,
     HandshakeParty,
@@ -302,7 +308,12 @@ class PeerNetwork:
 
     def broadcast(self, message: dict[str, Any]) -> int:
         """Queue ``message`` for every other validator; return how many queues took it."""
-        data = frame(encode_payload(message))
+        return self.broadcast_payload(encode_payload(message))
+
+    def broadcast_payload(self, payload: bytes) -> int:
+        """:meth:`broadcast` of a message the caller encoded itself (canonical JSON of an
+        object), such as a proposal spliced from its envelopes' admitted bytes."""
+        data = frame(check_payload(payload))
         return sum(self._enqueue(peer, data) for peer in self._peers.values())
 
     def connected_peers(self) -> set[str]:
