@@ -113,6 +113,9 @@ def create_app(
         version=API_VERSION,
         summary="REST API of a coopledger node: member writes, auditor reads, operator status.",
         lifespan=lifespan,
+        # The node exports its own Prometheus metrics (/metrics). FastAPI's OpenTelemetry
+        # hooks would otherwise look up the global providers on every request.
+        telemetry={"tracing": False, "metrics": False, "logs": False},
     )
     app.state.services = services
     app.state.tokens = auth

@@ -10,6 +10,7 @@ from pathlib import Path
 from typing import Annotated, Any
 
 import typer
+import uvloop
 from rich.console import Console
 from rich.table import Table
 
@@ -48,7 +49,8 @@ def run_node(config_path: Path) -> None:
     tokens = TokenStore(config.tokens_file) if config.tokens_file else TokenStore(None)
     app = create_app(runtime, tokens, limiter=FailureLimiter(failures_max=config.auth_failures_max))
     tune_gc()
-    asyncio.run(runtime.run(app))
+    with asyncio.Runner(loop_factory=uvloop.new_event_loop) as runner:
+        runner.run(runtime.run(app))
 
 
 GC_THRESHOLDS = (50_000, 50, 100)

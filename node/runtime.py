@@ -859,6 +859,7 @@ class NodeRuntime:
                     app,
                     host=host,
                     port=port,
+                    http="httptools",
                     log_level="warning",
                     access_log=False,
                 )

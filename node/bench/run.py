@@ -13,6 +13,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import uvloop
+
 from node.bench import coop
 from node.bench.engine import Engine
 from node.bench.procstat import ProcessSample, sample, verifications_per_s
@@ -121,7 +123,8 @@ def _load(
     engine.prepare(count, lambda n: progress(f"signing transactions: {n:,} of {count:,}"))
     progress("waiting for the validators to commit")
     coop.wait_started(description)
-    return asyncio.run(_measure(engine, backend, description, directory, options, progress))
+    with asyncio.Runner(loop_factory=uvloop.new_event_loop) as runner:
+        return runner.run(_measure(engine, backend, description, directory, options, progress))
 
 
 def _per_node(options: Options, description: dict[str, Any]) -> int:
