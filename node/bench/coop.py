@@ -177,24 +177,27 @@ class CoopBackend:
                     self.engine.refused(key, result["code"])
 
     async def _waited(self, api: str, key: str, token: str, body: bytes) -> None:
-        assert self.engine is not None and self._http is not None
+        """Post one sampled transaction alone with ``?wait=commit``, on a connection of its
+        own (the answer takes as long as the commit): its latency is submit to receipt."""
+        assert self.engine is not None
+        url = urlsplit(api)
+        connection = Connection(url.hostname or "127.0.0.1", url.port or 80)
+        request = post_request("/v1/transactions?wait=commit", token, body)
         try:
-            response = await self._http.post(
-                f"{api}/v1/transactions",
-                params={"wait": "commit"},
-                content=body,
-                headers={"Authorization": f"Bearer {token}", "Content-Type": "application/json"},
-            )
-        except httpx.HTTPError:
+            async with asyncio.timeout(HTTP_TIMEOUT_S):
+                status, answer = await connection.request(request)
+        except (HttpError, TimeoutError):
             self.engine.refused(key, "send-error")
             self.engine.sample_failed(key)
             return
-        if response.status_code == 200:
+        finally:
+            connection.close()
+        if status == 200:
             self.engine.sample_answered(key)
             return
         self.engine.sample_failed(key)
-        if response.status_code >= 400:
-            self.engine.refused(key, _problem_code(response.content))
+        if status >= 400:
+            self.engine.refused(key, _problem_code(answer))
 
     # --- observing --------------------------------------------------------------------------
 
