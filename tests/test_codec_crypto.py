@@ -50,6 +50,56 @@ def test_round_trip_and_stability(value: Any) -> None:
     assert canonical(parse_json(encoded, what="t")) == encoded
 
 
+REFERENCE_ENCODER = json.JSONEncoder(
+    ensure_ascii=False, sort_keys=True, separators=(",", ":"), allow_nan=False
+)
+"""The canonical form as the standard library writes it: what the fast encoder must match."""
+
+control_heavy_text = st.text(
+    alphabet=st.characters(blacklist_categories=("Cs",))
+    | st.sampled_from('\x00\x1f\x7f\b\t\n\f\r"\\/\u2028\u2029\ufeff\U0001f600é'),
+)
+exotic_values = st.recursive(
+    st.none() | st.booleans() | st.integers(-INT_ABS_MAX, INT_ABS_MAX) | control_heavy_text,
+    lambda children: (
+        st.lists(children, max_size=4) | st.dictionaries(control_heavy_text, children, max_size=4)
+    ),
+    max_leaves=20,
+)
+
+
+@given(exotic_values)
+def test_canonical_bytes_equal_the_standard_library_encoding(value: Any) -> None:
+    assert canonical(value) == REFERENCE_ENCODER.encode(value).encode("utf-8")
+
+
+@given(exotic_values, st.sampled_from([" ", "\n", "\t"]))
+def test_fast_and_checked_parsing_agree(value: Any, space: str) -> None:
+    """Canonical bytes (the fast path) and any other spelling of the same value (the
+    checked path) parse to the same value."""
+    encoded = canonical(value)
+    assert parse_json(encoded, what="t") == json.loads(encoded) == value
+    spelled = json.dumps(value, ensure_ascii=True, indent=1, separators=(",", ":" + space))
+    assert parse_json(spelled.encode(), what="t") == value
+    assert parse_json(spelled, what="t") == value
+
+
+@pytest.mark.parametrize(
+    "data",
+    [
+        b'{"a":1,"a":1}',  # a duplicate the fast parser would silently merge
+        b'{"a":1,"a":2}',
+        b'{"a":1.0}',  # canonical-looking bytes holding a float
+        b'{"a":9007199254740992}',
+        b'{"a":18446744073709551616}',
+        b'"\\ud800"',  # a lone surrogate, escaped
+    ],
+)
+def test_fast_path_refuses_what_the_checked_path_refuses(data: bytes) -> None:
+    with pytest.raises(EncodingError):
+        parse_json(data, what="frame")
+
+
 @given(st.dictionaries(st.text(max_size=5), st.integers(0, 9), max_size=6))
 def test_key_order_does_not_change_bytes(value: dict[str, int]) -> None:
     reversed_value = dict(reversed(list(value.items())))
