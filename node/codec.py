@@ -123,9 +123,13 @@ def _check_text(text: str, path: str) -> None:
         raise EncodingError(f"{path}: not valid Unicode text (lone surrogate)")
 
 
-def canonical(value: Any) -> bytes:
-    """Return the canonical JSON bytes of ``value``; raise :class:`EncodingError` if it has none."""
-    check_canonical_value(value)
+def canonical(value: Any, *, depth: int = 0) -> bytes:
+    """Return the canonical JSON bytes of ``value``; raise :class:`EncodingError` if it has none.
+
+    ``depth`` is how deep ``value`` will sit inside the largest document that carries it,
+    which the nesting limit counts too (a transaction body travels inside frames).
+    """
+    check_canonical_value(value, depth=depth)
     return orjson.dumps(value, option=_SORT_KEYS)
 
 
@@ -144,13 +148,19 @@ def splice_list(encoded: bytes, key: str, items: Sequence[bytes]) -> bytes:
     canonical: a block's thousands of envelopes go into a frame or a record as the bytes
     they were admitted as, instead of being encoded again.
 
-    ``encoded`` must be canonical and hold ``"key":[]`` exactly once. Inside a JSON string
-    every quote is escaped, so that marker can only be the key itself.
+    ``encoded`` must be canonical and hold the member ``"key":[]`` exactly once. A member
+    starts right after ``{`` or ``,``; inside a string (a value, or another key such as
+    ``a"key``) every quote is escaped, so ``{"key"`` or ``,"key"`` cannot occur there.
     """
     marker = b'"' + key.encode("utf-8") + b'":[]'
+    found = []
     at = encoded.find(marker)
-    invariant(at >= 0 and encoded.find(marker, at + 1) < 0, f"{key!r} must hold one empty list")
-    end = at + len(marker) - 1
+    while at >= 0:
+        if at > 0 and encoded[at - 1 : at] in (b"{", b","):
+            found.append(at)
+        at = encoded.find(marker, at + 1)
+    invariant(len(found) == 1, f"{key!r} must hold one empty list")
+    end = found[0] + len(marker) - 1
     return b"".join((encoded[:end], b",".join(items), encoded[end:]))
 
 
@@ -186,7 +196,9 @@ def parse_json(data: bytes | str, *, what: str) -> Any:
         except orjson.JSONDecodeError:
             pass
         else:
-            if orjson.dumps(value, option=_SORT_KEYS) == data and _in_domain(value, 0):
+            # The domain check first: it bounds the nesting (orjson reads deeper documents
+            # than it writes) and refuses floats and wide integers before any re-encoding.
+            if _in_domain(value, 0) and orjson.dumps(value, option=_SORT_KEYS) == data:
                 return value
 
     def no_duplicates(pairs: list[tuple[str, Any]]) -> dict[str, Any]:

@@ -62,6 +62,12 @@ BLOCK_BYTES_MAX = 8 * 1024 * 1024
 FRAME_BYTES_MAX = BLOCK_BYTES_MAX + 1024 * 1024
 """A peer frame carries at most one block with its commit and framing."""
 
+TX_BODY_FRAME_DEPTH = 5
+"""How deep a transaction body sits in the deepest document that carries it, a sync
+response (frame, ``blocks``, a block, its ``transactions``, the envelope). Admission counts
+it into the nesting limit (node.codec.NESTING_DEPTH_MAX), so a body admitted from a client
+fits every peer frame and the safety record, and no peer refuses the frame that carries it."""
+
 # --- gateway -----------------------------------------------------------------------------
 
 REQUEST_BODY_BYTES_MAX = 64 * 1024

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 from collections.abc import Iterable, Iterator
 
+from node.codec import canonical_trusted
 from node.errors import AdmissionError
 from node.invariant import invariant
 from node.limits import MEMPOOL_BYTES_MAX, MEMPOOL_TXS_MAX
@@ -129,16 +130,21 @@ class Mempool:
         """The pending transaction that is exactly ``envelope``, if any.
 
         A validator checking a proposed block finds most of its transactions already parsed
-        here (gossip got them first). Looked up by signature, then compared whole, so an
-        envelope that merely reuses a pending signature is parsed and checked afresh.
+        here (gossip got them first). Looked up by signature, then compared by canonical
+        bytes (not ``==``, for which ``1``, ``1.0`` and ``True`` are equal), so an envelope
+        that differs in any way from the pending one is parsed and checked afresh.
         """
         if not isinstance(envelope, dict):
             return None
         signature = envelope.get("signature")
         tx = self._by_signature.get(signature) if isinstance(signature, str) else None
-        if tx is None or tx.envelope != envelope:
+        if tx is None:
             return None
-        return tx
+        try:
+            same = canonical_trusted(envelope) == tx.envelope_bytes
+        except TypeError:  # not JSON at all (orjson's encode error is a TypeError)
+            return None
+        return tx if same else None
 
     def pending(self) -> list[Transaction]:
         return list(self._by_id.values())

@@ -263,9 +263,11 @@ class LedgerApplication:
         return executed
 
     def encoded_envelopes(self, block: Block) -> list[bytes]:
-        """``canonical`` of each of ``block``'s envelopes: the bytes they were admitted as
-        when this node built or validated the block (as it has every block it proposes
-        or locks), else encoded now."""
+        """The canonical bytes of ``block``'s envelopes: of the transactions this node
+        executed for that block hash when it built or validated it (as it has every block
+        it proposes or locks), spliced from their admitted bytes; else encoded now. The
+        executed transactions have the block's tx ids, and the proposal's envelopes were
+        matched to them byte for byte (``Mempool.known``) or parsed from them."""
         executed = self._executed.get(block.hash)
         if executed is not None:
             return [tx.envelope_bytes for tx in executed.txs]

@@ -25,7 +25,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
-from node.codec import canonical, is_hex, parse_json, sha256_hex
+from node.codec import NESTING_DEPTH_MAX, canonical, is_hex, parse_json, sha256_hex
 from node.crypto import KeyPair, domain_tag, verify_raw
 from node.errors import AdmissionError, ConfigError, EncodingError
 from node.genesis import check_member_entry
@@ -35,6 +35,7 @@ from node.limits import (
     QUANTITY_MAX,
     TRANSFORM_INPUTS_MAX,
     TRANSFORM_OUTPUTS_MAX,
+    TX_BODY_FRAME_DEPTH,
     TX_BYTES_MAX,
     TX_EXPIRY_MS_MAX,
     UNIT_PRICE_MAX,
@@ -155,9 +156,13 @@ def parse_envelope(envelope: object) -> Transaction:
     if not isinstance(payload, dict):
         raise AdmissionError("invalid-payload", "payload must be an object")
     try:
-        body_bytes = canonical(body)
+        body_bytes = canonical(body, depth=TX_BODY_FRAME_DEPTH)
     except EncodingError as error:
-        raise AdmissionError("malformed-transaction", str(error)) from error
+        problem = str(error)
+        if "nested deeper" in problem:
+            levels = NESTING_DEPTH_MAX - TX_BODY_FRAME_DEPTH
+            problem = f"nested deeper than {levels} levels (a body travels inside peer frames)"
+        raise AdmissionError("malformed-transaction", f"body: {problem}") from error
     # The canonical envelope is {"body":B,"signature":"S","signer":"K"} with S and K checked
     # hex above, so its length follows from the body's without encoding it again.
     size = len(body_bytes) + ENVELOPE_FRAMING_BYTES

@@ -80,9 +80,10 @@ def encode_message(message: Message) -> dict[str, Any]:
 
 
 def encode_proposal(message: Proposal, envelopes: Sequence[bytes]) -> bytes:
-    """The canonical payload of ``message``, its block's envelopes given already encoded
-    (``envelopes[i]`` is ``canonical(block.transactions[i])``): the same bytes as
-    ``canonical(encode_message(message))`` without encoding a block's envelopes again."""
+    """The canonical payload of ``message`` with ``envelopes`` (already canonical, one per
+    transaction of the block, in order) as its block's transactions. With ``envelopes[i]``
+    equal to ``canonical(block.transactions[i])`` these are the bytes of
+    ``canonical(encode_message(message))``, without encoding the envelopes again."""
     invariant(len(envelopes) == len(message.block.transactions), "one encoding per envelope")
     value = encode_message(message)
     value["block"]["transactions"] = []

@@ -87,5 +87,14 @@ def test_known_finds_only_the_exact_pending_envelope() -> None:
     altered = {**held.envelope, "body": {**held.envelope["body"], "nonce": 999}}
     assert pool.known(altered) is None, "same signature, different body: parse it afresh"
     assert pool.known("not an envelope") is None
+    # Equal under == (True == 1) but another document: parsed afresh, not the pending one.
+    payload = held.body["payload"]
+    assert payload["quantity"] == 1
+    as_bool = {
+        **held.envelope,
+        "body": {**held.body, "payload": {**payload, "quantity": True}},
+    }
+    assert as_bool == held.envelope
+    assert pool.known(as_bool) is None
     pool.remove([held.tx_id])
     assert pool.known(held.envelope) is None

@@ -559,6 +559,14 @@ def test_a_transaction_altered_in_the_database_is_detected_on_read(sql_url: str)
             store.tx(altered.tx_id)
         with pytest.raises(StorageError, match="its body does not hash to its id"):
             store.txs_by_ref("asset", altered.refs[0][1], limit=10)
+        # NaN is not JSON, but the standard parser reads it: refused, not hashed as null.
+        _execute(
+            sql_url,
+            "UPDATE txs SET envelope_json = replace(envelope_json, '\"quantity\":25', "
+            "'\"quantity\":NaN') WHERE height = 1 AND tx_index = 0",
+        )
+        with pytest.raises(StorageError, match="its body is not canonical JSON"):
+            store.block_txs(1)
     finally:
         store.close()
 

@@ -14,10 +14,12 @@ from hypothesis import strategies as st
 from consensus.messages import Block, Precommit, Proposal
 from consensus.safety import SafetyRecord
 from consensus.types import Height, Round, Step, ValidatorId
-from node.codec import canonical, canonical_trusted, parse_json, splice_list
+from node.codec import NESTING_DEPTH_MAX, canonical, canonical_trusted, parse_json, splice_list
 from node.consortium import make_consortium
+from node.errors import AdmissionError
 from node.invariant import InvariantViolation
 from node.ledger import ExecutedBlock, Ledger
+from node.limits import TX_BODY_FRAME_DEPTH
 from node.runtime import SafetyFile
 from node.scenario import scenario_blocks
 from node.storage import MemoryStore
@@ -74,6 +76,15 @@ def test_splice_list_needs_exactly_one_empty_list() -> None:
         splice_list(canonical({"a": {"xs": []}, "b": {"xs": []}}), "xs", [b"1"])
 
 
+def test_splice_list_is_not_fooled_by_a_key_that_ends_like_the_marker() -> None:
+    # The key a"xs encodes as "a\"xs": its tail spells "xs":[] but it is not the member.
+    shell = {'a"xs': [], "xs": [], "z": '"xs":[]'}
+    spliced = splice_list(canonical(shell), "xs", [b"1", b"2"])
+    assert spliced == canonical({'a"xs': [], "xs": [1, 2], "z": '"xs":[]'})
+    with pytest.raises(InvariantViolation):
+        splice_list(canonical({'a"xs': []}), "xs", [b"1"])
+
+
 def test_proposal_spliced_from_admitted_bytes_is_the_canonical_frame() -> None:
     proposal = Proposal(
         height=Height(BLOCK.height),
@@ -88,6 +99,31 @@ def test_proposal_spliced_from_admitted_bytes_is_the_canonical_frame() -> None:
     assert decode_message(parse_json(payload, what="frame")) == proposal
     with pytest.raises(InvariantViolation):
         encode_proposal(proposal, ADMITTED[1:])
+
+
+def test_the_deepest_admissible_body_fits_every_frame() -> None:
+    """A body admitted from a client travels in gossip, proposals, the safety record and
+    sync responses (the deepest): each peer must be able to parse what it is sent."""
+    levels = NESTING_DEPTH_MAX - TX_BODY_FRAME_DEPTH
+    consortium = make_consortium(chain_id="coop-wire")
+
+    def with_metadata_depth(depth: int) -> dict[str, Any]:
+        metadata: Any = 1
+        for _ in range(depth):
+            metadata = {"k": metadata}
+        payload = {"asset_id": "deep", "product": "p", "quantity": 1, "unit": "kg", "origin": "CH"}
+        return consortium.sign(
+            "alpine-cheese", "asset.register", {**payload, "metadata": metadata}, expires_at_ms=1
+        )
+
+    # body -> payload -> metadata: the metadata's own levels are the body's minus two.
+    deepest = parse_envelope(with_metadata_depth(levels - 2))
+    sync_frame = canonical({"type": "sync_response", "blocks": [{"transactions": []}]})
+    frame = splice_list(sync_frame, "transactions", [deepest.envelope_bytes])
+    assert parse_json(frame, what="frame")["blocks"][0]["transactions"] == [deepest.envelope]
+    with pytest.raises(AdmissionError, match="travels inside peer frames") as caught:
+        parse_envelope(with_metadata_depth(levels - 1))
+    assert caught.value.code == "malformed-transaction"
 
 
 def test_gossip_frame_spliced_from_admitted_bytes() -> None:

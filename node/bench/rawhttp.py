@@ -85,12 +85,18 @@ class Connection:
 def _parse_head(head: bytes) -> tuple[int, int]:
     if len(head) > HEAD_BYTES_MAX or not head.startswith(b"HTTP/1.1 "):
         raise HttpError(f"not an HTTP/1.1 answer: {head[:40]!r}")
-    status = int(head[9:12])
+    try:
+        status = int(head[9:12])
+    except ValueError as error:
+        raise HttpError(f"no status code in {head[:40]!r}") from error
     length = 0
     for line in head.split(b"\r\n")[1:]:
         name, _, value = line.partition(b":")
         if name.strip().lower() == b"content-length":
-            length = int(value.strip())
+            try:
+                length = int(value.strip())
+            except ValueError as error:
+                raise HttpError(f"bad Content-Length {value.strip()[:20]!r}") from error
         elif name.strip().lower() == b"transfer-encoding":
             raise HttpError("chunked answers are not expected from the gateway")
     if length > BODY_BYTES_MAX:

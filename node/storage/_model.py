@@ -14,8 +14,8 @@ from dataclasses import dataclass
 from typing import Any, NamedTuple, Protocol
 
 from node.block import Commit, Header, block_hash
-from node.codec import canonical_trusted, sha256_hex
-from node.errors import StorageError
+from node.codec import canonical, canonical_trusted, sha256_hex
+from node.errors import EncodingError, StorageError
 from node.invariant import invariant
 from node.limits import PAGE_SIZE_MAX
 from node.records import AssetEvent, BlockRecord, StateKey, StateValue, TxRecord
@@ -220,8 +220,12 @@ def decode_block(height: int, hash_: str, header_text: str, commit_text: str) ->
         commit = json.loads(commit_text)
     except ValueError as error:
         raise mismatch(what, f"unreadable JSON ({error})") from error
-    if block_hash(header) != hash_:
-        raise mismatch(what, f"its header hashes to {block_hash(header)}, not {hash_}")
+    try:
+        header_hash = block_hash(header)
+    except EncodingError as error:
+        raise mismatch(what, f"its header is not canonical JSON ({error})") from error
+    if header_hash != hash_:
+        raise mismatch(what, f"its header hashes to {header_hash}, not {hash_}")
     if header["height"] != height or commit["height"] != height:
         raise mismatch(what, "its header or commit names another height")
     if commit["block_hash"] != hash_:
@@ -266,9 +270,15 @@ def decode_tx(row: TxRow) -> TxRecord:
         refs = json.loads(row.refs_json)
     except ValueError as error:
         raise mismatch(f"transaction {tx_id}", f"unreadable JSON ({error})") from error
-    # DESIGN.md: tx_id = hex(sha256(canonical(body))). The body was checked on admission, so
-    # the trusted encoder gives the same bytes as node.tx.tx_id_of without the domain walk.
-    if sha256_hex(canonical_trusted(envelope.get("body"))) != tx_id:
+    # DESIGN.md: tx_id = hex(sha256(canonical(body))). What is read back is checked as any
+    # input is: an altered row may hold what canonical JSON cannot (NaN, wide integers).
+    try:
+        body_hash = sha256_hex(canonical(envelope.get("body")))
+    except EncodingError as error:
+        raise mismatch(
+            f"transaction {tx_id}", f"its body is not canonical JSON ({error})"
+        ) from error
+    if body_hash != tx_id:
         raise mismatch(f"transaction {tx_id}", "its body does not hash to its id")
     return TxRecord(
         tx_id=tx_id,
