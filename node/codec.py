@@ -25,7 +25,7 @@ from typing import Any
 
 import orjson
 
-from node.errors import EncodingError
+from node.errors import EncodingError, NestingError
 from node.invariant import invariant
 
 INT_ABS_MAX = 2**53 - 1
@@ -83,7 +83,7 @@ def _in_domain(value: Any, depth: int) -> bool:
 def _explain(value: Any, path: str, depth: int) -> None:
     """Walk ``value`` with paths and raise :class:`EncodingError` at the first problem."""
     if depth > NESTING_DEPTH_MAX:
-        raise EncodingError(f"{path}: nested deeper than {NESTING_DEPTH_MAX} levels")
+        raise NestingError(f"{path}: nested deeper than {NESTING_DEPTH_MAX} levels")
     if value is None or isinstance(value, bool):
         return
     if isinstance(value, int):

@@ -30,6 +30,11 @@ class EncodingError(CoopledgerError):
     """A value is outside the canonical JSON domain."""
 
 
+class NestingError(EncodingError):
+    """A value nests deeper than the canonical domain allows (counting the levels of the
+    document that will carry it, when the check was told them)."""
+
+
 class ConfigError(CoopledgerError):
     """A genesis, key or configuration file is invalid.
 

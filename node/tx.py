@@ -27,7 +27,7 @@ from typing import Any
 
 from node.codec import NESTING_DEPTH_MAX, canonical, is_hex, parse_json, sha256_hex
 from node.crypto import KeyPair, domain_tag, verify_raw
-from node.errors import AdmissionError, ConfigError, EncodingError
+from node.errors import AdmissionError, ConfigError, EncodingError, NestingError
 from node.genesis import check_member_entry
 from node.limits import (
     ASSETS_PER_SHIPMENT_MAX,
@@ -157,12 +157,14 @@ def parse_envelope(envelope: object) -> Transaction:
         raise AdmissionError("invalid-payload", "payload must be an object")
     try:
         body_bytes = canonical(body, depth=TX_BODY_FRAME_DEPTH)
+    except NestingError as error:
+        levels = NESTING_DEPTH_MAX - TX_BODY_FRAME_DEPTH
+        raise AdmissionError(
+            "malformed-transaction",
+            f"body: nested deeper than {levels} levels (a body travels inside peer frames)",
+        ) from error
     except EncodingError as error:
-        problem = str(error)
-        if "nested deeper" in problem:
-            levels = NESTING_DEPTH_MAX - TX_BODY_FRAME_DEPTH
-            problem = f"nested deeper than {levels} levels (a body travels inside peer frames)"
-        raise AdmissionError("malformed-transaction", f"body: {problem}") from error
+        raise AdmissionError("malformed-transaction", f"body: {error}") from error
     # The canonical envelope is {"body":B,"signature":"S","signer":"K"} with S and K checked
     # hex above, so its length follows from the body's without encoding it again.
     size = len(body_bytes) + ENVELOPE_FRAMING_BYTES
