@@ -20,6 +20,7 @@ from gateway.client import Client
 from node.bench.coop import start_testnet, stop_testnet, wait_started
 from node.bench.engine import Measurement, SeenBlock
 from node.bench.evm import sign_legacy
+from node.bench.profile import summarise
 from node.bench.report import figures, percentile
 from node.bench.workload import PATTERN, TXS_PER_PATTERN, lots
 from node.tx import PAYLOAD_CHECKS
@@ -118,3 +119,29 @@ def test_short_run_reports_consistent_figures(tmp_path: Path) -> None:
             assert node["peak_rss_mib"] >= node["rss_mib_start"] > 0
     finally:
         stop_testnet(directory)
+
+
+def test_profile_charges_each_stack_to_its_deepest_phase(tmp_path: Path) -> None:
+    # Stacks as py-spy writes them for a validator: a client batch admitted through the
+    # gateway, its signatures checked in a worker thread, a block written by the store,
+    # and the event loop alone.
+    loop = "Runner.run (asyncio/runners.py:118)"
+    http = f"{loop};APIRoute.handle (fastapi/routing.py:1)"
+    admit = "NodeRuntime._admit_many (node/runtime.py:560)"
+    worker = "Thread.run (threading.py:982);_worker (concurrent/futures/thread.py:81)"
+    raw = tmp_path / "raw.txt"
+    raw.write_text(
+        f"{http};submit_batch (gateway/routes/transactions.py:116) 5\n"
+        f"{http};submit_batch (gateway/routes/transactions.py:116);{admit} 3\n"
+        f"{worker};_signatures_valid (node/runtime.py:130);check_signature (node/tx.py:1) 6\n"
+        f"{worker};SqlStore.commit_block (node/storage/_sql.py:400) 4\n"
+        f"{loop} 2\n"
+    )
+    summary = summarise(raw)
+    assert summary["samples"] == 20
+    assert summary["phases"] == {
+        "admission": 0.45,
+        "http and gateway": 0.25,
+        "storage": 0.2,
+        "other (event loop, asyncio, logging)": 0.1,
+    }
