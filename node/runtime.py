@@ -36,6 +36,7 @@ import os
 import random
 import signal
 import time
+from collections import deque
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -108,6 +109,11 @@ COMMIT_WAIT_S_MAX = 60.0
 """Longest a client may wait for its transaction to commit (``?wait=commit``)."""
 
 GOSSIP_FLUSH_S = 0.005
+
+ADMISSION_BATCH_TXS_MAX = 2_000
+"""Most envelopes admitted together: what client requests and peer frames brought while the
+previous admission ran, parsed on the loop and signature-checked in one worker-thread call.
+Bounded so that parsing one batch holds the event loop for tens of milliseconds at most."""
 
 BLOCK_TIME_BUDGET_SHARE = 0.3
 """Share of the propose timeout that building (and so validating) a block may take: the
@@ -374,6 +380,15 @@ class LedgerApplication:
 QueueItem = Event | Callable[[], Awaitable[None]]
 
 
+@dataclass(frozen=True, slots=True)
+class _Admission:
+    """Envelopes waiting for admission, and where their outcomes go (``None``: gossip,
+    which nobody waits for)."""
+
+    envelopes: list[Any]
+    future: asyncio.Future[list[Transaction | AdmissionError]] | None
+
+
 @dataclass(slots=True)
 class _Sync:
     peer: str
@@ -445,6 +460,8 @@ class NodeRuntime:
         self._peer_heights: dict[str, int] = {}
         self._gossip_buffer: list[bytes] = []
         self._background: set[asyncio.Task[Any]] = set()
+        self._admission_queue: deque[_Admission] = deque()
+        self._admitting = False
         self._gossip_scheduled = False
         self._position: tuple[int, int, int] = (0, -1, 0)
         self.metrics = NodeMetrics()
@@ -485,7 +502,11 @@ class NodeRuntime:
         return outcome
 
     async def submit_many(self, envelopes: list[Any]) -> list[str | AdmissionError]:
-        outcomes = await self._admit_many(envelopes)
+        future: asyncio.Future[list[Transaction | AdmissionError]] = (
+            asyncio.get_running_loop().create_future()
+        )
+        self._queue_admission(_Admission(envelopes, future))
+        outcomes = await future
         for outcome in outcomes:
             if isinstance(outcome, Transaction):
                 self._gossip(outcome)
@@ -540,6 +561,58 @@ class NodeRuntime:
         )
 
     # --- admission and gossip ---------------------------------------------------------------
+
+    def _queue_admission(self, admission: _Admission) -> None:
+        self._admission_queue.append(admission)
+        if not self._admitting:
+            self._admitting = True
+            task = asyncio.get_running_loop().create_task(self._admit_queued())
+            self._background.add(task)
+            task.add_done_callback(self._background.discard)
+
+    async def _admit_queued(self) -> None:
+        """Admit what is queued, in batches, until nothing is.
+
+        Under load, requests and gossip frames arrive faster than one admission finishes, so
+        each batch takes everything that queued meanwhile: one replay lookup and one
+        worker-thread hand-off for many envelopes instead of one per request or frame. Each
+        envelope's outcome is exactly what admitting it alone would give: the batch's
+        checks are per envelope, in arrival order.
+        """
+        queue = self._admission_queue
+        taken: list[_Admission] = []
+        try:
+            while queue:
+                taken = [queue.popleft()]
+                count = len(taken[0].envelopes)
+                while queue and count + len(queue[0].envelopes) <= ADMISSION_BATCH_TXS_MAX:
+                    count += len(queue[0].envelopes)
+                    taken.append(queue.popleft())
+                try:
+                    outcomes = await self._admit_many(
+                        [envelope for admission in taken for envelope in admission.envelopes]
+                    )
+                except Exception as error:  # a bug: fail these requests, go on with the rest
+                    log.exception("admission of %s envelopes failed", count)
+                    for admission in taken:
+                        if admission.future is not None and not admission.future.done():
+                            admission.future.set_exception(error)
+                    continue
+                start = 0
+                for admission in taken:
+                    end = start + len(admission.envelopes)
+                    if admission.future is not None and not admission.future.done():
+                        admission.future.set_result(outcomes[start:end])
+                    start = end
+        except asyncio.CancelledError:
+            # The node is stopping: nobody may wait for ever on an answer.
+            for admission in [*taken, *queue]:
+                if admission.future is not None:
+                    admission.future.cancel()
+            queue.clear()
+            raise
+        finally:
+            self._admitting = False
 
     async def _admit_many(self, envelopes: list[Any]) -> list[Transaction | AdmissionError]:
         """Admit each envelope or say why not, checking the signatures in a worker thread.
@@ -606,10 +679,7 @@ class NodeRuntime:
                 self._peer_heights[peer] = max(self._peer_heights.get(peer, 0), message.height - 1)
                 self._enqueue(Receive(message=message))
             elif kind == "txs":
-                envelopes = decode_txs(frame)
-                task = asyncio.get_running_loop().create_task(self._admit_many(envelopes))
-                self._background.add(task)
-                task.add_done_callback(self._background.discard)
+                self._queue_admission(_Admission(decode_txs(frame), None))
             elif kind == "sync_request":
                 from_height, count = decode_sync_request(frame)
                 self._serve_sync(peer, from_height, count)

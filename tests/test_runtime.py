@@ -29,7 +29,7 @@ from node.runtime import LedgerApplication, NodeRuntime
 from node.storage import MemoryStore
 from node.testnet import generate
 from node.transport import PeerNetwork
-from node.tx import sign_transaction
+from node.tx import sign_transaction, tx_id_of
 
 
 def metric(node: NodeRuntime, name: str, **labels: str) -> float:
@@ -236,6 +236,55 @@ def test_metrics_move_by_the_right_amounts_after_a_burst(tmp_path: Path) -> None
         assert metric(nodes[0], "coopledger_txs_rejected_total", code="duplicate-tx") == 1
         text = nodes[1].metrics_exposition().decode()
         assert "# TYPE coopledger_commit_latency_seconds histogram" in text
+
+    run(tmp_path, scenario)
+
+
+def test_concurrent_submissions_are_admitted_together_each_with_its_own_answer(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Requests and gossip frames that queue while an admission runs are admitted in one
+    batch (one signature-check hand-off), and each caller gets exactly its own outcomes."""
+    batches: list[int] = []
+    admit_many = NodeRuntime._admit_many
+
+    async def counted(self: NodeRuntime, envelopes: list[Any]) -> list[Any]:
+        batches.append(len(envelopes))
+        return await admit_many(self, envelopes)
+
+    monkeypatch.setattr(NodeRuntime, "_admit_many", counted)
+
+    async def scenario(net: Network) -> None:
+        node = net.start(0)
+        await wait_until(lambda: node._queue is not None, 10)
+        requests = [[net.envelope(f"lot-{i}-{j}") for j in range(3)] for i in range(20)]
+        forged = dict(requests[7][1], signature=requests[7][0]["signature"])
+        requests[7][1] = forged
+        requests[12].append(requests[3][2])  # also sent by another client, earlier
+        gossip = [net.envelope(f"peer-{j}") for j in range(4)]
+        cancelled = asyncio.get_running_loop().create_task(node.submit_many([net.envelope("gone")]))
+        answers = asyncio.gather(*(node.submit_many(envelopes) for envelopes in requests))
+        await asyncio.sleep(0)
+        node._on_peer_frame("validator-1", {"type": "txs", "envelopes": gossip})
+        cancelled.cancel()
+        results = await answers
+        assert batches == [1 + 61 + 4]
+        for envelopes, outcomes in zip(requests, results, strict=True):
+            assert len(outcomes) == len(envelopes)
+            for envelope, outcome in zip(envelopes, outcomes, strict=True):
+                if envelope is forged:
+                    assert isinstance(outcome, AdmissionError) and outcome.code == "bad-signature"
+                elif envelopes is requests[12] and envelope is requests[3][2]:
+                    assert isinstance(outcome, AdmissionError) and outcome.code == "duplicate-tx"
+                else:
+                    assert outcome == tx_id_of(envelope["body"])
+        assert all(tx_id_of(envelope["body"]) in node.mempool for envelope in gossip)
+        # A client that went away does not take its transactions back.
+        with pytest.raises(asyncio.CancelledError):
+            await cancelled
+        assert len(node.mempool) == 1 + 59 + 4
+        assert await node.submit_many([net.envelope("later")]) != []
+        assert batches[-1] == 1
 
     run(tmp_path, scenario)
 
