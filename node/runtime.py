@@ -115,6 +115,12 @@ ADMISSION_BATCH_TXS_MAX = 2_000
 previous admission ran, parsed on the loop and signature-checked in one worker-thread call.
 Bounded so that parsing one batch holds the event loop for tens of milliseconds at most."""
 
+GOSSIP_QUEUED_TXS_MAX = 20_000
+"""Gossiped envelopes waiting for admission beyond which a peer's txs frame is dropped
+(counted in ``coopledger_frames_dropped``): gossip is best effort, a dropped transaction
+still arrives in the proposal that carries it, and a flooding peer cannot grow the queue
+without bound. Client requests are bounded by their connections and body limits instead."""
+
 BLOCK_TIME_BUDGET_SHARE = 0.3
 """Share of the propose timeout that building (and so validating) a block may take: the
 proposal must reach the others, be validated and be voted on before their propose timeout."""
@@ -461,6 +467,8 @@ class NodeRuntime:
         self._gossip_buffer: list[bytes] = []
         self._background: set[asyncio.Task[Any]] = set()
         self._admission_queue: deque[_Admission] = deque()
+        self._gossip_queued = 0
+        """Envelopes from peers' txs frames in :attr:`_admission_queue`."""
         self._admitting = False
         self._gossip_scheduled = False
         self._position: tuple[int, int, int] = (0, -1, 0)
@@ -588,6 +596,7 @@ class NodeRuntime:
                 while queue and count + len(queue[0].envelopes) <= ADMISSION_BATCH_TXS_MAX:
                     count += len(queue[0].envelopes)
                     taken.append(queue.popleft())
+                self._gossip_queued -= sum(len(a.envelopes) for a in taken if a.future is None)
                 try:
                     outcomes = await self._admit_many(
                         [envelope for admission in taken for envelope in admission.envelopes]
@@ -610,6 +619,7 @@ class NodeRuntime:
                 if admission.future is not None:
                     admission.future.cancel()
             queue.clear()
+            self._gossip_queued = 0
             raise
         finally:
             self._admitting = False
@@ -679,7 +689,12 @@ class NodeRuntime:
                 self._peer_heights[peer] = max(self._peer_heights.get(peer, 0), message.height - 1)
                 self._enqueue(Receive(message=message))
             elif kind == "txs":
-                self._queue_admission(_Admission(decode_txs(frame), None))
+                envelopes = decode_txs(frame)
+                if self._gossip_queued + len(envelopes) > GOSSIP_QUEUED_TXS_MAX:
+                    self.metrics.frames_dropped.inc()
+                else:
+                    self._gossip_queued += len(envelopes)
+                    self._queue_admission(_Admission(envelopes, None))
             elif kind == "sync_request":
                 from_height, count = decode_sync_request(frame)
                 self._serve_sync(peer, from_height, count)

@@ -19,6 +19,7 @@ import pytest
 from tests_support import free_base_port
 
 from consensus.types import ValidatorId
+from node import runtime
 from node.config import load_config
 from node.consortium import make_consortium
 from node.errors import AdmissionError, ConfigError
@@ -253,6 +254,7 @@ def test_concurrent_submissions_are_admitted_together_each_with_its_own_answer(
         return await admit_many(self, envelopes)
 
     monkeypatch.setattr(NodeRuntime, "_admit_many", counted)
+    monkeypatch.setattr(runtime, "GOSSIP_QUEUED_TXS_MAX", 5)
 
     async def scenario(net: Network) -> None:
         node = net.start(0)
@@ -266,6 +268,9 @@ def test_concurrent_submissions_are_admitted_together_each_with_its_own_answer(
         answers = asyncio.gather(*(node.submit_many(envelopes) for envelopes in requests))
         await asyncio.sleep(0)
         node._on_peer_frame("validator-1", {"type": "txs", "envelopes": gossip})
+        # A peer's frame that would queue more gossip than the bound is dropped, counted.
+        flood = [net.envelope(f"flood-{j}") for j in range(2)]
+        node._on_peer_frame("validator-2", {"type": "txs", "envelopes": flood})
         cancelled.cancel()
         results = await answers
         assert batches == [1 + 61 + 4]
@@ -279,12 +284,17 @@ def test_concurrent_submissions_are_admitted_together_each_with_its_own_answer(
                 else:
                     assert outcome == tx_id_of(envelope["body"])
         assert all(tx_id_of(envelope["body"]) in node.mempool for envelope in gossip)
+        assert not any(tx_id_of(envelope["body"]) in node.mempool for envelope in flood)
+        assert metric(node, "coopledger_frames_dropped_total") == 1
         # A client that went away does not take its transactions back.
         with pytest.raises(asyncio.CancelledError):
             await cancelled
         assert len(node.mempool) == 1 + 59 + 4
         assert await node.submit_many([net.envelope("later")]) != []
         assert batches[-1] == 1
+        node._on_peer_frame("validator-2", {"type": "txs", "envelopes": flood})
+        await wait_until(lambda: all(tx_id_of(e["body"]) in node.mempool for e in flood), 10)
+        assert batches[-1] == 2
 
     run(tmp_path, scenario)
 
