@@ -54,8 +54,8 @@ def block_tree(store: BlockStore, height: int, block_hash: str) -> MerkleTree:
     """The RFC 6962 tree of a committed block, by its hash (so no store can be confused)."""
     tree = _trees.get(block_hash)
     if tree is None:
-        records = store.block_txs(height)
-        tree = MerkleTree([tx_leaf(record.tx_id, record.code) for record in records])
+        summaries = store.block_tx_summaries(height)
+        tree = MerkleTree([tx_leaf(tx.tx_id, tx.code) for tx in summaries])
         _trees[block_hash] = tree
         while len(_trees) > TREES_CACHED:
             _trees.popitem(last=False)
@@ -256,7 +256,7 @@ def block_view(store: BlockStore, height: int) -> BlockView:
         raise ApiProblem(404, "not-found", f"no block at height {height}")
     txs = [
         BlockTx(tx_id=r.tx_id, index=r.index, type=r.type, sender=r.sender, code=r.code)
-        for r in store.block_txs(height)
+        for r in store.block_tx_summaries(height)
     ]
     header: dict[str, Any] = dict(block.header)
     commit: dict[str, Any] = dict(block.commit)

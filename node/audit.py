@@ -144,8 +144,8 @@ def _assemble(
     for committed in ordered:
         tree = trees.get(committed.height)
         if tree is None:
-            records = store.block_txs(committed.height)
-            tree = MerkleTree([tx_leaf(record.tx_id, record.code) for record in records])
+            summaries = store.block_tx_summaries(committed.height)
+            tree = MerkleTree([tx_leaf(tx.tx_id, tx.code) for tx in summaries])
             trees[committed.height] = tree
         record = committed.record
         entries.append(

@@ -52,6 +52,18 @@ class TxRecord:
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
+class TxSummary:
+    """A committed transaction as a block lists it: what a block page shows and what its
+    transaction tree is built from (``tx_leaf(tx_id, code)``), without the envelope."""
+
+    tx_id: str
+    index: int
+    sender: str
+    type: str
+    code: str
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
 class BlockRecord:
     """Everything one committed block writes."""
 

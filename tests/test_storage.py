@@ -31,7 +31,7 @@ from node.codec import canonical, sha256_hex
 from node.errors import SchemaVersionError, StorageError
 from node.invariant import InvariantViolation
 from node.limits import PAGE_SIZE_MAX
-from node.records import AssetEvent, BlockRecord, StateKey, StateValue, TxRecord
+from node.records import AssetEvent, BlockRecord, StateKey, StateValue, TxRecord, TxSummary
 from node.storage import SCHEMA_VERSION, BlockStore, SqlStore, TxPosition
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
@@ -200,6 +200,10 @@ def assert_store_holds(store: BlockStore, builder: ChainBuilder) -> None:
             record.commit,
         )
         assert store.block_txs(height) == record.txs
+        assert store.block_tx_summaries(height) == [
+            TxSummary(tx_id=tx.tx_id, index=tx.index, sender=tx.sender, type=tx.type, code=tx.code)
+            for tx in record.txs
+        ]
     assert dict(store.iter_state()) == builder.state
     for asset_id, events in builder.events.items():
         assert store.asset_events(asset_id) == events
@@ -213,6 +217,7 @@ def test_an_empty_store_has_no_tip_and_no_data(open_store: StoreOpener) -> None:
     assert store.tip() is None
     assert store.block(1) is None
     assert store.block_txs(1) == []
+    assert store.block_tx_summaries(1) == []
     assert store.tx("00" * 32) is None
     assert store.state_get("asset/x") is None
     assert store.state_get_many(["asset/x"]) == {}
@@ -230,6 +235,8 @@ def test_blocks_round_trip(open_store: StoreOpener) -> None:
     assert store.block(0) is None
     assert store.block(4) is None
     assert store.block_txs(2) == []
+    assert store.block_tx_summaries(2) == []
+    assert store.block_tx_summaries(4) == []
 
 
 def test_a_transaction_reads_back_with_its_block(open_store: StoreOpener) -> None:
@@ -559,6 +566,11 @@ def test_a_transaction_altered_in_the_database_is_detected_on_read(sql_url: str)
             store.tx(altered.tx_id)
         with pytest.raises(StorageError, match="its body does not hash to its id"):
             store.txs_by_ref("asset", altered.refs[0][1], limit=10)
+        # A block's listing reads no envelope: it shows the ids as stored (an altered id
+        # would fail the receipt's proof against the header's tx_root).
+        assert [tx.tx_id for tx in store.block_tx_summaries(2)] == [
+            tx.tx_id for tx in builder.blocks[2].txs
+        ]
         # NaN is not JSON, but the standard parser reads it: refused, not hashed as null.
         _execute(
             sql_url,
@@ -583,6 +595,8 @@ def test_a_missing_transaction_row_is_detected_on_read(sql_url: str) -> None:
         _execute(sql_url, f"DELETE FROM txs WHERE {gone}")
         with pytest.raises(StorageError, match="3 transactions in its header"):
             store.block_txs(2)
+        with pytest.raises(StorageError, match="3 transactions in its header"):
+            store.block_tx_summaries(2)
     finally:
         store.close()
 

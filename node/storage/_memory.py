@@ -12,7 +12,7 @@ import bisect
 from collections.abc import Collection, Generator, Mapping
 
 from node.errors import StorageError
-from node.records import AssetEvent, BlockRecord, StateKey, StateValue, TxRecord
+from node.records import AssetEvent, BlockRecord, StateKey, StateValue, TxRecord, TxSummary
 from node.storage._model import (
     CommittedTx,
     StoredBlock,
@@ -26,6 +26,7 @@ from node.storage._model import (
     decode_tx,
     encode,
     tx_row,
+    tx_summary,
     unique_refs,
 )
 
@@ -111,6 +112,11 @@ class MemoryStore:
         if not 1 <= height <= len(self._blocks):
             return []
         return [decode_tx(row) for row in self._block_txs[height - 1]]
+
+    def block_tx_summaries(self, height: int) -> list[TxSummary]:
+        if not 1 <= height <= len(self._blocks):
+            return []
+        return [tx_summary(*row[:5]) for row in self._block_txs[height - 1]]
 
     def tx(self, tx_id: str) -> CommittedTx | None:
         position = self._tx_positions.get(tx_id)

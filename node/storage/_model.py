@@ -18,7 +18,7 @@ from node.codec import canonical, canonical_trusted, sha256_hex
 from node.errors import EncodingError, StorageError
 from node.invariant import invariant
 from node.limits import PAGE_SIZE_MAX
-from node.records import AssetEvent, BlockRecord, StateKey, StateValue, TxRecord
+from node.records import AssetEvent, BlockRecord, StateKey, StateValue, TxRecord, TxSummary
 
 SCHEMA_VERSION = 1
 """Version of the database layout. A store refuses a database stamped with another one
@@ -89,6 +89,13 @@ class BlockStore(Protocol):
 
     def block_txs(self, height: int) -> list[TxRecord]:
         """The transactions of block ``height`` in index order (empty if no such block)."""
+        ...
+
+    def block_tx_summaries(self, height: int) -> list[TxSummary]:
+        """:meth:`block_txs` without envelopes, events and references: no JSON is decoded,
+        so listing a block or building its transaction tree costs a column read per
+        transaction. The count is checked against the header; the ids are as stored (a
+        receipt's proof, checked against the header's ``tx_root``, catches an altered one)."""
         ...
 
     def tx(self, tx_id: str) -> CommittedTx | None:
@@ -259,6 +266,19 @@ def tx_row(tx: TxRecord) -> TxRow:
         encode(tx.events),
         encode(tx.refs),
     )
+
+
+def tx_summary(tx_id: str, index: int, sender: str, type_: str, code: str) -> TxSummary:
+    return TxSummary(tx_id=tx_id, index=index, sender=sender, type=type_, code=code)
+
+
+def check_tx_count(height: int, header: Header, indexes: list[int]) -> None:
+    """The rows read for block ``height`` are exactly indexes ``0 .. tx_count - 1``."""
+    if indexes != list(range(header["tx_count"])):
+        raise mismatch(
+            f"block {height}",
+            f"{header['tx_count']} transactions in its header, indexes {indexes[:10]}... stored",
+        )
 
 
 def decode_tx(row: TxRow) -> TxRecord:

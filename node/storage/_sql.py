@@ -21,7 +21,6 @@ schema creation is transactional too and a write transaction takes the write loc
 
 from __future__ import annotations
 
-from collections import OrderedDict
 from collections.abc import Collection, Generator, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from typing import Any
@@ -56,7 +55,7 @@ from sqlalchemy.exc import ArgumentError, SQLAlchemyError
 
 from node.errors import SchemaVersionError, StorageError
 from node.invariant import invariant
-from node.records import AssetEvent, BlockRecord, StateKey, StateValue, TxRecord
+from node.records import AssetEvent, BlockRecord, StateKey, StateValue, TxRecord, TxSummary
 from node.storage._model import (
     SCHEMA_VERSION,
     CommittedTx,
@@ -66,12 +65,13 @@ from node.storage._model import (
     check_page,
     check_record,
     check_successor,
+    check_tx_count,
     decode_block,
     decode_state,
     decode_tx,
     encode,
-    mismatch,
     tx_row,
+    tx_summary,
     unique_refs,
 )
 
@@ -91,10 +91,6 @@ with its own fsync, after every block; 10,000 (40 MiB) checkpoints every few blo
 pages that consecutive blocks share (the tip of every index) are copied once."""
 
 STATE_ROWS_PER_FETCH = 1_000
-
-RECENT_BLOCKS_CACHED = 16
-"""Transaction lists of the most recently read blocks kept in memory (at most 16 blocks of
-5,000 transactions): receipts and block sync read the newest blocks repeatedly."""
 """Rows fetched at a time while streaming the state: a few hundred KiB in memory."""
 
 # Ids and keys compare by code point everywhere: SQLite's BINARY collation does that for
@@ -202,7 +198,6 @@ class SqlStore:
     ) -> None:
         self._chain_id = chain_id
         self._genesis_hash = genesis_hash
-        self._recent_blocks: OrderedDict[int, tuple[TxRecord, ...]] = OrderedDict()
         self._engine = _create_engine(url)
         self._where = make_url(url).render_as_string(hide_password=True)
         self._writes = _Writes(self._engine.dialect)
@@ -309,36 +304,22 @@ class SqlStore:
         return None if row is None else _block_from_row(row)
 
     def block_txs(self, height: int) -> list[TxRecord]:
-        cached = self._recent_blocks.get(height)
-        if cached is not None:
-            self._recent_blocks.move_to_end(height)
-            return list(cached)
-        records = self._read_block_txs(height)
-        if records:
-            # Committed blocks never change (a height is written once), so a read-back,
-            # checked block can be kept: receipts, block sync and block pages ask for the
-            # same recent blocks again and again.
-            self._recent_blocks[height] = tuple(records)
-            while len(self._recent_blocks) > RECENT_BLOCKS_CACHED:
-                self._recent_blocks.popitem(last=False)
-        return records
+        return [_tx_from_row(row) for row in self._block_rows(height, _TX_COLUMNS)]
 
-    def _read_block_txs(self, height: int) -> list[TxRecord]:
-        query = _tx_query().where(txs_table.c.height == height).order_by(txs_table.c.tx_index)
+    def block_tx_summaries(self, height: int) -> list[TxSummary]:
+        return [tx_summary(*row) for row in self._block_rows(height, _TX_COLUMNS[:5])]
+
+    def _block_rows(self, height: int, columns: tuple[Any, ...]) -> list[_AnyRow]:
+        """The rows of block ``height``'s transactions (``columns``, the index second), in
+        index order, checked to be exactly the header's ``tx_count``; none if no block."""
+        query = select(*columns).where(txs_table.c.height == height).order_by(txs_table.c.tx_index)
         with _database_errors(f"reading block {height}"), self._engine.connect() as conn:
             block_row = conn.execute(_block_query().where(blocks_table.c.height == height)).first()
             rows = conn.execute(query).all()
         if block_row is None:
             return []
-        block = _block_from_row(block_row)
-        records = [_tx_from_row(row) for row in rows]
-        if [tx.index for tx in records] != list(range(block.header["tx_count"])):
-            raise mismatch(
-                f"block {height}",
-                f"{block.header['tx_count']} transactions in its header, indexes "
-                f"{[tx.index for tx in records][:10]}... stored",
-            )
-        return records
+        check_tx_count(height, _block_from_row(block_row).header, [row[1] for row in rows])
+        return list(rows)
 
     def tx(self, tx_id: str) -> CommittedTx | None:
         query = _committed_tx_query().where(txs_table.c.tx_id == tx_id)
@@ -553,7 +534,7 @@ def _block_from_row(row: _AnyRow) -> StoredBlock:
     return decode_block(row.height, row.block_hash, row.header_json, row.commit_json)
 
 
-_TX_COLUMNS = (
+_TX_COLUMNS = (  # the first five are a TxSummary's, in its order
     txs_table.c.tx_id,
     txs_table.c.tx_index,
     txs_table.c.sender,
@@ -564,10 +545,6 @@ _TX_COLUMNS = (
     txs_table.c.events_json,
     txs_table.c.refs_json,
 )
-
-
-def _tx_query() -> Any:
-    return select(*_TX_COLUMNS)
 
 
 def _tx_from_row(row: _AnyRow) -> TxRecord:
