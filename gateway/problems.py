@@ -30,6 +30,7 @@ RULE_STATUS = {
     "signer-not-authorized": 403,
     "sender-quota-exceeded": 429,
     "mempool-full": 503,
+    "node-stopping": 503,
 }
 """HTTP status of admission codes other than 422 (the transaction is unacceptable as sent)."""
 
@@ -175,6 +176,6 @@ def error_responses(*statuses: int) -> dict[int | str, dict[str, Any]]:
         413: "The request body or the transaction is too large.",
         422: "The request breaks the schema or an admission rule (the code says which).",
         429: "Too many failed authentications, or the sender's mempool quota is full.",
-        503: "The node cannot take it now (mempool-full, storage-unavailable).",
+        503: "The node cannot take it now (mempool-full, node-stopping, storage-unavailable).",
     }
     return {status: {"model": Problem, "description": descriptions[status]} for status in statuses}

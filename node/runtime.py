@@ -117,9 +117,10 @@ Bounded so that parsing one batch holds the event loop for tens of milliseconds 
 
 GOSSIP_QUEUED_TXS_MAX = 20_000
 """Gossiped envelopes waiting for admission beyond which a peer's txs frame is dropped
-(counted in ``coopledger_frames_dropped``): gossip is best effort, a dropped transaction
-still arrives in the proposal that carries it, and a flooding peer cannot grow the queue
-without bound. Client requests are bounded by their connections and body limits instead."""
+(counted in ``coopledger_frames_dropped``), so a flooding peer cannot grow the queue without
+bound. Gossip is best effort: a dropped transaction reaches this node again only in the
+proposal of the validator it was sent to (checked then, during validation) or when its
+client resends it. Client requests are bounded by their connections and body limits."""
 
 BLOCK_TIME_BUDGET_SHARE = 0.3
 """Share of the propose timeout that building (and so validating) a block may take: the
@@ -394,6 +395,14 @@ class _Admission:
     envelopes: list[Any]
     future: asyncio.Future[list[Transaction | AdmissionError]] | None
 
+    def fail(self, error: Exception) -> None:
+        if self.future is not None and not self.future.done():
+            self.future.set_exception(error)
+
+
+def _stopping() -> AdmissionError:
+    return AdmissionError("node-stopping", "this node is stopping; send it to another node")
+
 
 @dataclass(slots=True)
 class _Sync:
@@ -469,7 +478,7 @@ class NodeRuntime:
         self._admission_queue: deque[_Admission] = deque()
         self._gossip_queued = 0
         """Envelopes from peers' txs frames in :attr:`_admission_queue`."""
-        self._admitting = False
+        self._admission_task: asyncio.Task[None] | None = None
         self._gossip_scheduled = False
         self._position: tuple[int, int, int] = (0, -1, 0)
         self.metrics = NodeMetrics()
@@ -515,9 +524,6 @@ class NodeRuntime:
         )
         self._queue_admission(_Admission(envelopes, future))
         outcomes = await future
-        for outcome in outcomes:
-            if isinstance(outcome, Transaction):
-                self._gossip(outcome)
         return [o.tx_id if isinstance(o, Transaction) else o for o in outcomes]
 
     async def wait_committed(self, tx_id: str, timeout_s: float) -> CommittedTx | None:
@@ -571,58 +577,78 @@ class NodeRuntime:
     # --- admission and gossip ---------------------------------------------------------------
 
     def _queue_admission(self, admission: _Admission) -> None:
+        if self._stopping is not None and self._stopping.is_set():
+            admission.fail(_stopping())
+            return
+        if admission.future is None:
+            self._gossip_queued += len(admission.envelopes)
         self._admission_queue.append(admission)
-        if not self._admitting:
-            self._admitting = True
+        if self._admission_task is None or self._admission_task.done():
             task = asyncio.get_running_loop().create_task(self._admit_queued())
+            self._admission_task = task
             self._background.add(task)
-            task.add_done_callback(self._background.discard)
+            task.add_done_callback(self._admission_ended)
+
+    def _admission_ended(self, task: asyncio.Task[None]) -> None:
+        self._background.discard(task)
+        if self._admission_task is not task:
+            return  # a newer task owns the queue
+        self._admission_task = None
+        if task.cancelled():  # the node is stopping, perhaps before the task ever ran
+            for admission in self._admission_queue:
+                admission.fail(_stopping())
+            self._admission_queue.clear()
+            self._gossip_queued = 0
 
     async def _admit_queued(self) -> None:
         """Admit what is queued, in batches, until nothing is.
 
         Under load, requests and gossip frames arrive faster than one admission finishes, so
         each batch takes everything that queued meanwhile: one replay lookup and one
-        worker-thread hand-off for many envelopes instead of one per request or frame. Each
-        envelope's outcome is exactly what admitting it alone would give: the batch's
-        checks are per envelope, in arrival order.
+        worker-thread hand-off for many envelopes instead of one per request or frame. The
+        outcomes are those of admitting the envelopes one by one in arrival order (a
+        duplicate of an earlier one is refused, quotas fill in that order).
         """
         queue = self._admission_queue
-        taken: list[_Admission] = []
-        try:
-            while queue:
-                taken = [queue.popleft()]
-                count = len(taken[0].envelopes)
-                while queue and count + len(queue[0].envelopes) <= ADMISSION_BATCH_TXS_MAX:
-                    count += len(queue[0].envelopes)
-                    taken.append(queue.popleft())
-                self._gossip_queued -= sum(len(a.envelopes) for a in taken if a.future is None)
-                try:
-                    outcomes = await self._admit_many(
-                        [envelope for admission in taken for envelope in admission.envelopes]
-                    )
-                except Exception as error:  # a bug: fail these requests, go on with the rest
-                    log.exception("admission of %s envelopes failed", count)
-                    for admission in taken:
-                        if admission.future is not None and not admission.future.done():
-                            admission.future.set_exception(error)
-                    continue
-                start = 0
+        while queue:
+            taken = [queue.popleft()]
+            count = len(taken[0].envelopes)
+            while queue and count + len(queue[0].envelopes) <= ADMISSION_BATCH_TXS_MAX:
+                count += len(queue[0].envelopes)
+                taken.append(queue.popleft())
+            self._gossip_queued -= sum(len(a.envelopes) for a in taken if a.future is None)
+            try:
+                await self._admit_batch(taken)
+            except asyncio.CancelledError:
                 for admission in taken:
-                    end = start + len(admission.envelopes)
-                    if admission.future is not None and not admission.future.done():
-                        admission.future.set_result(outcomes[start:end])
-                    start = end
-        except asyncio.CancelledError:
-            # The node is stopping: nobody may wait for ever on an answer.
-            for admission in [*taken, *queue]:
-                if admission.future is not None:
-                    admission.future.cancel()
-            queue.clear()
-            self._gossip_queued = 0
-            raise
-        finally:
-            self._admitting = False
+                    admission.fail(_stopping())
+                raise
+            await asyncio.sleep(0)  # requests and frames get the loop between batches
+
+    async def _admit_batch(self, taken: list[_Admission]) -> None:
+        try:
+            outcomes = await self._admit_many(
+                [envelope for admission in taken for envelope in admission.envelopes]
+            )
+        except Exception as error:  # a bug or the database: fail requests one at a time
+            if len(taken) == 1:
+                log.exception("admission of %s envelopes failed", len(taken[0].envelopes))
+                taken[0].fail(error)
+                return
+            for admission in taken:
+                await self._admit_batch([admission])
+            return
+        start = 0
+        for admission in taken:
+            end = start + len(admission.envelopes)
+            if admission.future is not None:
+                # A client's transactions are relayed even if the client has gone away.
+                for outcome in outcomes[start:end]:
+                    if isinstance(outcome, Transaction):
+                        self._gossip(outcome)
+                if not admission.future.done():
+                    admission.future.set_result(outcomes[start:end])
+            start = end
 
     async def _admit_many(self, envelopes: list[Any]) -> list[Transaction | AdmissionError]:
         """Admit each envelope or say why not, checking the signatures in a worker thread.
@@ -693,7 +719,6 @@ class NodeRuntime:
                 if self._gossip_queued + len(envelopes) > GOSSIP_QUEUED_TXS_MAX:
                     self.metrics.frames_dropped.inc()
                 else:
-                    self._gossip_queued += len(envelopes)
                     self._queue_admission(_Admission(envelopes, None))
             elif kind == "sync_request":
                 from_height, count = decode_sync_request(frame)

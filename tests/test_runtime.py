@@ -290,11 +290,58 @@ def test_concurrent_submissions_are_admitted_together_each_with_its_own_answer(
         with pytest.raises(asyncio.CancelledError):
             await cancelled
         assert len(node.mempool) == 1 + 59 + 4
-        assert await node.submit_many([net.envelope("later")]) != []
+        later = net.envelope("later")
+        assert await node.submit_many([later]) == [tx_id_of(later["body"])]
         assert batches[-1] == 1
         node._on_peer_frame("validator-2", {"type": "txs", "envelopes": flood})
         await wait_until(lambda: all(tx_id_of(e["body"]) in node.mempool for e in flood), 10)
         assert batches[-1] == 2
+
+    run(tmp_path, scenario)
+
+
+def test_a_failing_batch_is_admitted_again_request_by_request_and_stopping_answers_503(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    batches: list[int] = []
+    admit_many = NodeRuntime._admit_many
+    gate = asyncio.Event()
+
+    async def faulty(self: NodeRuntime, envelopes: list[Any]) -> list[Any]:
+        batches.append(len(envelopes))
+        assets = {e["body"]["payload"]["asset_id"] for e in envelopes}
+        if "poison" in assets:
+            raise RuntimeError("a bug in admission")
+        if "slow" in assets:
+            await gate.wait()
+        return await admit_many(self, envelopes)
+
+    monkeypatch.setattr(NodeRuntime, "_admit_many", faulty)
+    monkeypatch.setattr(runtime, "ADMISSION_BATCH_TXS_MAX", 5)
+
+    async def scenario(net: Network) -> None:
+        node = net.start(0)
+        await wait_until(lambda: node._queue is not None, 10)
+        requests = [[net.envelope(f"lot-{i}-{j}") for j in range(2)] for i in range(4)]
+        requests[1][1] = net.envelope("poison")
+        results = await asyncio.gather(
+            *(node.submit_many(envelopes) for envelopes in requests), return_exceptions=True
+        )
+        # Two requests fit a batch of at most 5; the first batch fails and is admitted
+        # again request by request, so only the request holding the poison fails.
+        assert batches == [4, 2, 2, 4]
+        assert isinstance(results[1], RuntimeError)
+        for index in (0, 2, 3):
+            assert results[index] == [tx_id_of(e["body"]) for e in requests[index]]
+        # Stopping answers whoever still waits, and whoever comes later, with node-stopping.
+        waiting = asyncio.get_running_loop().create_task(node.submit_many([net.envelope("slow")]))
+        await wait_until(lambda: batches[-1] == 1, 10)
+        await net.stop(0)
+        for late in (waiting, node.submit_many([net.envelope("late")])):
+            with pytest.raises(AdmissionError) as refused:
+                await late
+            assert refused.value.code == "node-stopping"
+        assert node._admission_task is None and not node._admission_queue
 
     run(tmp_path, scenario)
 
