@@ -31,6 +31,7 @@ from node.codec import canonical, sha256_hex
 from node.errors import SchemaVersionError, StorageError
 from node.invariant import InvariantViolation
 from node.limits import PAGE_SIZE_MAX
+from node.merkle import MerkleTree, tx_leaf
 from node.records import AssetEvent, BlockRecord, StateKey, StateValue, TxRecord, TxSummary
 from node.storage import SCHEMA_VERSION, BlockStore, SqlStore, TxPosition
 
@@ -75,7 +76,7 @@ class ChainBuilder:
             "timestamp_ms": 1_000 * height,
             "proposer": "v0",
             "prev_hash": self.tip_hash,
-            "tx_root": sha256_hex("".join(tx.tx_id for tx in txs).encode()),
+            "tx_root": MerkleTree([tx_leaf(tx.tx_id, tx.code) for tx in txs]).root().hex(),
             "state_root": sha256_hex(f"state {height}".encode()),
             "tx_count": tx_count,
         }
@@ -566,11 +567,14 @@ def test_a_transaction_altered_in_the_database_is_detected_on_read(sql_url: str)
             store.tx(altered.tx_id)
         with pytest.raises(StorageError, match="its body does not hash to its id"):
             store.txs_by_ref("asset", altered.refs[0][1], limit=10)
-        # A block's listing reads no envelope: it shows the ids as stored (an altered id
-        # would fail the receipt's proof against the header's tx_root).
+        # A block's listing reads no envelope, but its ids and codes must still make the
+        # header's tx_root.
         assert [tx.tx_id for tx in store.block_tx_summaries(2)] == [
             tx.tx_id for tx in builder.blocks[2].txs
         ]
+        _execute(sql_url, "UPDATE txs SET code = 'ok-ish' WHERE height = 2 AND tx_index = 0")
+        with pytest.raises(StorageError, match="do not match its tx_root"):
+            store.block_tx_summaries(2)
         # NaN is not JSON, but the standard parser reads it: refused, not hashed as null.
         _execute(
             sql_url,

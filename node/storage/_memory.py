@@ -21,6 +21,7 @@ from node.storage._model import (
     check_page,
     check_record,
     check_successor,
+    check_tx_root,
     decode_block,
     decode_state,
     decode_tx,
@@ -116,7 +117,9 @@ class MemoryStore:
     def block_tx_summaries(self, height: int) -> list[TxSummary]:
         if not 1 <= height <= len(self._blocks):
             return []
-        return [tx_summary(*row[:5]) for row in self._block_txs[height - 1]]
+        summaries = [tx_summary(*row[:5]) for row in self._block_txs[height - 1]]
+        check_tx_root(height, decode_block(height, *self._blocks[height - 1]).header, summaries)
+        return summaries
 
     def tx(self, tx_id: str) -> CommittedTx | None:
         position = self._tx_positions.get(tx_id)

@@ -18,6 +18,7 @@ from node.codec import canonical, canonical_trusted, sha256_hex
 from node.errors import EncodingError, StorageError
 from node.invariant import invariant
 from node.limits import PAGE_SIZE_MAX
+from node.merkle import MerkleTree, tx_leaf
 from node.records import AssetEvent, BlockRecord, StateKey, StateValue, TxRecord, TxSummary
 
 SCHEMA_VERSION = 1
@@ -93,9 +94,9 @@ class BlockStore(Protocol):
 
     def block_tx_summaries(self, height: int) -> list[TxSummary]:
         """:meth:`block_txs` without envelopes, events and references: no JSON is decoded,
-        so listing a block or building its transaction tree costs a column read per
-        transaction. The count is checked against the header; the ids are as stored (a
-        receipt's proof, checked against the header's ``tx_root``, catches an altered one)."""
+        so listing a block or building its transaction tree costs a column read and two
+        hashes per transaction. The count and the ``tx_root`` (of the ids and codes) are
+        checked against the header."""
         ...
 
     def tx(self, tx_id: str) -> CommittedTx | None:
@@ -279,6 +280,17 @@ def check_tx_count(height: int, header: Header, indexes: list[int]) -> None:
             f"block {height}",
             f"{header['tx_count']} transactions in its header, indexes {indexes[:10]}... stored",
         )
+
+
+def check_tx_root(height: int, header: Header, summaries: list[TxSummary]) -> None:
+    """The ids and codes read for block ``height`` hash to its header's ``tx_root``: what a
+    listing reads without the envelopes is still checked against the committed header."""
+    try:
+        root = MerkleTree([tx_leaf(tx.tx_id, tx.code) for tx in summaries]).root().hex()
+    except EncodingError as error:
+        raise mismatch(f"block {height}", f"unreadable transaction id or code ({error})") from error
+    if root != header["tx_root"]:
+        raise mismatch(f"block {height}", "the ids and codes do not match its tx_root")
 
 
 def decode_tx(row: TxRow) -> TxRecord:

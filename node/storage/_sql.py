@@ -53,6 +53,7 @@ from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.engine import Dialect
 from sqlalchemy.exc import ArgumentError, SQLAlchemyError
 
+from node.block import Header
 from node.errors import SchemaVersionError, StorageError
 from node.invariant import invariant
 from node.records import AssetEvent, BlockRecord, StateKey, StateValue, TxRecord, TxSummary
@@ -66,6 +67,7 @@ from node.storage._model import (
     check_record,
     check_successor,
     check_tx_count,
+    check_tx_root,
     decode_block,
     decode_state,
     decode_tx,
@@ -304,22 +306,32 @@ class SqlStore:
         return None if row is None else _block_from_row(row)
 
     def block_txs(self, height: int) -> list[TxRecord]:
-        return [_tx_from_row(row) for row in self._block_rows(height, _TX_COLUMNS)]
+        read = self._block_rows(height, _TX_COLUMNS)
+        return [] if read is None else [_tx_from_row(row) for row in read[1]]
 
     def block_tx_summaries(self, height: int) -> list[TxSummary]:
-        return [tx_summary(*row) for row in self._block_rows(height, _TX_COLUMNS[:5])]
+        read = self._block_rows(height, _TX_COLUMNS[:5])
+        if read is None:
+            return []
+        header, rows = read
+        summaries = [tx_summary(*row) for row in rows]
+        check_tx_root(height, header, summaries)
+        return summaries
 
-    def _block_rows(self, height: int, columns: tuple[Any, ...]) -> list[_AnyRow]:
-        """The rows of block ``height``'s transactions (``columns``, the index second), in
-        index order, checked to be exactly the header's ``tx_count``; none if no block."""
+    def _block_rows(
+        self, height: int, columns: tuple[Any, ...]
+    ) -> tuple[Header, list[_AnyRow]] | None:
+        """Block ``height``'s header and its transactions' rows (``columns``, the index
+        second) in index order, checked to be exactly ``tx_count``; ``None`` if no block."""
         query = select(*columns).where(txs_table.c.height == height).order_by(txs_table.c.tx_index)
         with _database_errors(f"reading block {height}"), self._engine.connect() as conn:
             block_row = conn.execute(_block_query().where(blocks_table.c.height == height)).first()
             rows = conn.execute(query).all()
         if block_row is None:
-            return []
-        check_tx_count(height, _block_from_row(block_row).header, [row[1] for row in rows])
-        return list(rows)
+            return None
+        header = _block_from_row(block_row).header
+        check_tx_count(height, header, [row[1] for row in rows])
+        return header, list(rows)
 
     def tx(self, tx_id: str) -> CommittedTx | None:
         query = _committed_tx_query().where(txs_table.c.tx_id == tx_id)
