@@ -594,7 +594,11 @@ class NodeRuntime:
         if self._admission_task is not task:
             return  # a newer task owns the queue
         self._admission_task = None
-        if task.cancelled():  # the node is stopping, perhaps before the task ever ran
+        # Cancelled: the node is stopping (perhaps before the task ever ran). An exception
+        # that is not an Exception (those fail their batch's requests only) ends it too.
+        if task.cancelled() or task.exception() is not None:
+            if not task.cancelled():
+                log.error("admission stopped", exc_info=task.exception())
             for admission in self._admission_queue:
                 admission.fail(_stopping())
             self._admission_queue.clear()
