@@ -15,6 +15,7 @@ mempool only holds what passed them.
 
 from __future__ import annotations
 
+import heapq
 from collections.abc import Iterable, Iterator
 
 from node.codec import canonical_trusted
@@ -34,6 +35,7 @@ class Mempool:
         "_by_sender",
         "_by_signature",
         "_bytes",
+        "_expiries",
         "bytes_max",
         "sender_txs_max",
         "txs_max",
@@ -55,6 +57,10 @@ class Mempool:
         self._by_sender: dict[str, dict[str, Transaction]] = {}
         """Per sender, its transactions in arrival order (a dict: O(1) removal)."""
         self._bytes = 0
+        self._expiries: list[tuple[int, str]] = []
+        """Heap of ``(expires_at_ms, tx_id)``: :meth:`prune` looks only at what expired.
+        Entries of transactions that left otherwise stay until they surface or the heap is
+        rebuilt (when it holds more than twice the pool)."""
 
     def __len__(self) -> int:
         return len(self._by_id)
@@ -79,9 +85,13 @@ class Mempool:
         if len(self._by_id) >= self.txs_max or self._bytes + tx.size_bytes > self.bytes_max:
             raise AdmissionError("mempool-full", "the node's mempool is full; retry shortly")
         self._by_id[tx.tx_id] = tx
-        self._by_signature[tx.envelope["signature"]] = tx
+        self._by_signature[tx.signature] = tx
         self._by_sender.setdefault(tx.sender, {})[tx.tx_id] = tx
         self._bytes += tx.size_bytes
+        heapq.heappush(self._expiries, (tx.expires_at_ms, tx.tx_id))
+        if len(self._expiries) > 2 * len(self._by_id) + 1_000:
+            self._expiries = [(held.expires_at_ms, held.tx_id) for held in self._by_id.values()]
+            heapq.heapify(self._expiries)
 
     def reap(self, txs_max: int, bytes_max: int) -> list[Transaction]:
         """Up to ``txs_max`` transactions and ``bytes_max`` bytes, round-robin by sender.
@@ -113,7 +123,7 @@ class Mempool:
             if tx is None:
                 continue
             removed += 1
-            self._by_signature.pop(tx.envelope["signature"], None)
+            self._by_signature.pop(tx.signature, None)
             self._bytes -= tx.size_bytes
             queue = self._by_sender[tx.sender]
             del queue[tx_id]
@@ -123,7 +133,10 @@ class Mempool:
 
     def prune(self, now_ms: int) -> int:
         """Drop transactions that expired at or before ``now_ms`` (they can never commit)."""
-        expired = [tx.tx_id for tx in self._by_id.values() if tx.expires_at_ms <= now_ms]
+        expiries = self._expiries
+        expired = []
+        while expiries and expiries[0][0] <= now_ms:
+            expired.append(heapq.heappop(expiries)[1])
         return self.remove(expired)
 
     def known(self, envelope: object) -> Transaction | None:

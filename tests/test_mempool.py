@@ -79,6 +79,28 @@ def test_remove_and_prune() -> None:
     assert len(pool) == 0 and pool.size_bytes == 0 and pool.reap(10, 10**6) == []
 
 
+def test_prune_after_churn_drops_exactly_the_expired() -> None:
+    """Prune looks only at what expired; transactions that left by commit and came back,
+    and many that came and went, change nothing about what it drops."""
+    pool = Mempool(txs_max=10_000, sender_share=1.0)
+    lasting = [tx("alpine-cheese", n, expires_in_ms=60_000) for n in range(3)]
+    for item in lasting:
+        pool.add(item)
+    churn = [tx("valley-bakery", n, expires_in_ms=1_000 + n) for n in range(3_000)]
+    for item in churn:
+        pool.add(item)
+        pool.remove([item.tx_id])  # committed at once
+    back = churn[10]
+    pool.add(back)  # removed, then admitted again (the block that held it did not commit)
+    assert len(pool._expiries) <= 2 * len(pool) + 1_001, "stale entries are bounded"
+    assert pool.prune(NOW + 1_009) == 0, "not expired yet"
+    assert back.tx_id in pool
+    assert pool.prune(NOW + 1_010) == 1
+    assert back.tx_id not in pool and len(pool) == 3
+    assert pool.prune(NOW + 59_999) == 0
+    assert pool.prune(NOW + 60_000) == 3 and len(pool) == 0 and pool.size_bytes == 0
+
+
 def test_known_finds_only_the_exact_pending_envelope() -> None:
     pool = Mempool()
     held = tx("alpine-cheese", 0)
