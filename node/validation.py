@@ -11,6 +11,7 @@ import re
 from node.limits import ID_CHARS_MAX, TEXT_CHARS_MAX
 
 _ID_PATTERN = re.compile(r"[A-Za-z0-9._:-]+")
+_CONTROL = re.compile(r"[\x00-\x1f\x7f]")
 
 ROLES = ("member", "supplier", "carrier", "auditor", "operator")
 
@@ -30,7 +31,7 @@ def check_text(value: object) -> str | None:
         return "must be a string"
     if not 1 <= len(value) <= TEXT_CHARS_MAX:
         return f"must be 1..{TEXT_CHARS_MAX} characters"
-    if any(ord(c) < 0x20 or ord(c) == 0x7F for c in value):
+    if _CONTROL.search(value):
         return "must not contain control characters"
     return None
 

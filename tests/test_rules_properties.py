@@ -8,6 +8,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import event as event_note
 from hypothesis import strategies as st
 
+from node.codec import check_canonical_value
 from node.consortium import make_consortium
 from node.rules import OK, ZERO_HASH, BlockContext, apply_transaction, event_hash, genesis_state
 from node.state import MemoryState
@@ -220,4 +221,7 @@ def test_random_sequences_keep_the_invariants(
                 }
             if key.startswith("asset/"):
                 assert chains[value["asset_id"]][-1] == value["last_event"]
+            if before.get(key) != value:
+                # The ledger encodes state values without the domain walk (Ledger.execute).
+                check_canonical_value(value, key)
         check_invariants(state)

@@ -23,6 +23,7 @@ from node.tx import (
     sign_transaction,
     tx_id_of,
 )
+from node.validation import check_text
 
 NOW = 1_800_000_000_000
 CONSORTIUM = make_consortium()
@@ -322,3 +323,19 @@ def test_dedup_front_knows_above_which_expiry_it_is_complete() -> None:
     index.prune(NOW + 150)  # plain expiry does not lower what the index vouches for
     assert index.complete_above_ms == NOW + 100
     assert len(index) == 1
+
+
+@pytest.mark.parametrize(
+    ("text", "ok"),
+    [
+        ("plain text", True),
+        ("tab\there", False),
+        ("unit separator \x1f", False),
+        ("delete \x7f", False),
+        ("space \x20 and tilde ~", True),
+        ("non-ASCII: Käse, 芝士, \x80\x9f", True),
+        ("", False),
+    ],
+)
+def test_check_text_refuses_exactly_the_control_characters(text: str, ok: bool) -> None:
+    assert (check_text(text) is None) is ok
