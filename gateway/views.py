@@ -21,8 +21,9 @@ from gateway.schemas import (
     TransactionView,
 )
 from node.audit import AUDIT_ASSETS_MAX
+from node.errors import StorageError
 from node.ledger import Ledger
-from node.merkle import MerkleTree, tx_leaf
+from node.merkle import MerkleTree
 from node.records import StateValue
 from node.storage import BlockStore, CommittedTx, TxPosition
 
@@ -54,8 +55,9 @@ def block_tree(store: BlockStore, height: int, block_hash: str) -> MerkleTree:
     """The RFC 6962 tree of a committed block, by its hash (so no store can be confused)."""
     tree = _trees.get(block_hash)
     if tree is None:
-        summaries = store.block_tx_summaries(height)
-        tree = MerkleTree([tx_leaf(tx.tx_id, tx.code) for tx in summaries])
+        tree = store.block_tx_tree(height)
+        if tree is None:  # the callers found a committed transaction in this block
+            raise StorageError(f"block {height}, which holds a found transaction, is missing")
         _trees[block_hash] = tree
         while len(_trees) > TREES_CACHED:
             _trees.popitem(last=False)

@@ -40,7 +40,7 @@ from typing import Any
 
 from node.block import block_hash, check_header_shape, verify_commit
 from node.codec import is_hex, parse_json
-from node.errors import AdmissionError, CoopledgerError, EncodingError, ProofError
+from node.errors import AdmissionError, CoopledgerError, EncodingError, ProofError, StorageError
 from node.genesis import Genesis
 from node.invariant import invariant
 from node.ledger import Ledger
@@ -144,8 +144,11 @@ def _assemble(
     for committed in ordered:
         tree = trees.get(committed.height)
         if tree is None:
-            summaries = store.block_tx_summaries(committed.height)
-            tree = MerkleTree([tx_leaf(tx.tx_id, tx.code) for tx in summaries])
+            tree = store.block_tx_tree(committed.height)
+            if tree is None:
+                raise StorageError(
+                    f"block {committed.height}, which holds a found transaction, is missing"
+                )
             trees[committed.height] = tree
         record = committed.record
         entries.append(

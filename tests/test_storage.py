@@ -205,6 +205,9 @@ def assert_store_holds(store: BlockStore, builder: ChainBuilder) -> None:
             TxSummary(tx_id=tx.tx_id, index=tx.index, sender=tx.sender, type=tx.type, code=tx.code)
             for tx in record.txs
         ]
+        tree = store.block_tx_tree(height)
+        assert tree is not None and len(tree) == len(record.txs)
+        assert tree.root().hex() == record.header["tx_root"]
     assert dict(store.iter_state()) == builder.state
     for asset_id, events in builder.events.items():
         assert store.asset_events(asset_id) == events
@@ -219,6 +222,7 @@ def test_an_empty_store_has_no_tip_and_no_data(open_store: StoreOpener) -> None:
     assert store.block(1) is None
     assert store.block_txs(1) == []
     assert store.block_tx_summaries(1) == []
+    assert store.block_tx_tree(1) is None
     assert store.tx("00" * 32) is None
     assert store.state_get("asset/x") is None
     assert store.state_get_many(["asset/x"]) == {}
@@ -238,6 +242,7 @@ def test_blocks_round_trip(open_store: StoreOpener) -> None:
     assert store.block_txs(2) == []
     assert store.block_tx_summaries(2) == []
     assert store.block_tx_summaries(4) == []
+    assert store.block_tx_tree(4) is None
 
 
 def test_a_transaction_reads_back_with_its_block(open_store: StoreOpener) -> None:
@@ -575,6 +580,8 @@ def test_a_transaction_altered_in_the_database_is_detected_on_read(sql_url: str)
         _execute(sql_url, "UPDATE txs SET code = 'ok-ish' WHERE height = 2 AND tx_index = 0")
         with pytest.raises(StorageError, match="do not match its tx_root"):
             store.block_tx_summaries(2)
+        with pytest.raises(StorageError, match="do not match its tx_root"):
+            store.block_tx_tree(2)
         # NaN is not JSON, but the standard parser reads it: refused, not hashed as null.
         _execute(
             sql_url,

@@ -12,6 +12,7 @@ import bisect
 from collections.abc import Collection, Generator, Mapping
 
 from node.errors import StorageError
+from node.merkle import MerkleTree
 from node.records import AssetEvent, BlockRecord, StateKey, StateValue, TxRecord, TxSummary
 from node.storage._model import (
     CommittedTx,
@@ -21,7 +22,7 @@ from node.storage._model import (
     check_page,
     check_record,
     check_successor,
-    check_tx_root,
+    checked_tx_tree,
     decode_block,
     decode_state,
     decode_tx,
@@ -115,11 +116,19 @@ class MemoryStore:
         return [decode_tx(row) for row in self._block_txs[height - 1]]
 
     def block_tx_summaries(self, height: int) -> list[TxSummary]:
+        read = self._tx_summaries(height)
+        return [] if read is None else read[0]
+
+    def block_tx_tree(self, height: int) -> MerkleTree | None:
+        read = self._tx_summaries(height)
+        return None if read is None else read[1]
+
+    def _tx_summaries(self, height: int) -> tuple[list[TxSummary], MerkleTree] | None:
         if not 1 <= height <= len(self._blocks):
-            return []
+            return None
         summaries = [tx_summary(*row[:5]) for row in self._block_txs[height - 1]]
-        check_tx_root(height, decode_block(height, *self._blocks[height - 1]).header, summaries)
-        return summaries
+        header = decode_block(height, *self._blocks[height - 1]).header
+        return summaries, checked_tx_tree(height, header, summaries)
 
     def tx(self, tx_id: str) -> CommittedTx | None:
         position = self._tx_positions.get(tx_id)

@@ -99,6 +99,12 @@ class BlockStore(Protocol):
         checked against the header."""
         ...
 
+    def block_tx_tree(self, height: int) -> MerkleTree | None:
+        """The transaction tree of block ``height`` (leaves: ids and outcome codes), built
+        from what :meth:`block_tx_summaries` reads and checked against the header's
+        ``tx_root`` by that same build; ``None`` if there is no such block."""
+        ...
+
     def tx(self, tx_id: str) -> CommittedTx | None:
         """A committed transaction with its outcome and block, or ``None``."""
         ...
@@ -282,15 +288,18 @@ def check_tx_count(height: int, header: Header, indexes: list[int]) -> None:
         )
 
 
-def check_tx_root(height: int, header: Header, summaries: list[TxSummary]) -> None:
-    """The ids and codes read for block ``height`` hash to its header's ``tx_root``: what a
-    listing reads without the envelopes is still checked against the committed header."""
+def checked_tx_tree(height: int, header: Header, summaries: list[TxSummary]) -> MerkleTree:
+    """The tree of the ids and codes read for block ``height``, which must hash to its
+    header's ``tx_root``: what a listing reads without the envelopes is still checked against
+    the committed header."""
     try:
-        root = MerkleTree([tx_leaf(tx.tx_id, tx.code) for tx in summaries]).root().hex()
+        tree = MerkleTree([tx_leaf(tx.tx_id, tx.code) for tx in summaries])
+        root = tree.root().hex()
     except EncodingError as error:
         raise mismatch(f"block {height}", f"unreadable transaction id or code ({error})") from error
     if root != header["tx_root"]:
         raise mismatch(f"block {height}", "the ids and codes do not match its tx_root")
+    return tree
 
 
 def decode_tx(row: TxRow) -> TxRecord:

@@ -56,6 +56,7 @@ from sqlalchemy.exc import ArgumentError, SQLAlchemyError
 from node.block import Header
 from node.errors import SchemaVersionError, StorageError
 from node.invariant import invariant
+from node.merkle import MerkleTree
 from node.records import AssetEvent, BlockRecord, StateKey, StateValue, TxRecord, TxSummary
 from node.storage._model import (
     SCHEMA_VERSION,
@@ -67,7 +68,7 @@ from node.storage._model import (
     check_record,
     check_successor,
     check_tx_count,
-    check_tx_root,
+    checked_tx_tree,
     decode_block,
     decode_state,
     decode_tx,
@@ -310,13 +311,20 @@ class SqlStore:
         return [] if read is None else [_tx_from_row(row) for row in read[1]]
 
     def block_tx_summaries(self, height: int) -> list[TxSummary]:
+        read = self._tx_summaries(height)
+        return [] if read is None else read[0]
+
+    def block_tx_tree(self, height: int) -> MerkleTree | None:
+        read = self._tx_summaries(height)
+        return None if read is None else read[1]
+
+    def _tx_summaries(self, height: int) -> tuple[list[TxSummary], MerkleTree] | None:
         read = self._block_rows(height, _TX_COLUMNS[:5])
         if read is None:
-            return []
+            return None
         header, rows = read
         summaries = [tx_summary(*row) for row in rows]
-        check_tx_root(height, header, summaries)
-        return summaries
+        return summaries, checked_tx_tree(height, header, summaries)
 
     def _block_rows(
         self, height: int, columns: tuple[Any, ...]
