@@ -75,7 +75,10 @@ def _in_domain(value: Any, depth: int) -> bool:
         return True
     if kind is list:
         depth += 1
-        return all(_in_domain(item, depth) for item in value)
+        for item in value:  # noqa: SIM110 -- a loop: all(generator) adds a frame per list
+            if not _in_domain(item, depth):
+                return False
+        return True
     # Subclasses of str, int, list and dict, and everything else, take the slow path.
     return value is None or kind is bool
 
