@@ -182,6 +182,33 @@ def hash_canonical(value: Any) -> str:
     return sha256_hex(canonical(value))
 
 
+def parse_canonical(data: bytes) -> Any:
+    """What ``data`` parses to if the bytes are exactly its canonical encoding (no duplicate
+    key, whitespace or other spelling), else :data:`NOT_CANONICAL`.
+
+    The domain is **not** checked: the caller checks it (:func:`in_domain`), of the whole
+    value or of every part it does not leave to a check that follows (node/wire.py).
+    """
+    try:
+        value = orjson.loads(data)
+        # orjson writes at most 255 levels and raises beyond: such input is not canonical.
+        if orjson.dumps(value, option=_SORT_KEYS) == data:
+            return value
+    except (orjson.JSONDecodeError, orjson.JSONEncodeError):
+        pass
+    return NOT_CANONICAL
+
+
+NOT_CANONICAL: Any = object()
+"""What :func:`parse_canonical` returns for bytes that are not canonical JSON."""
+
+
+def in_domain(value: Any, depth: int = 0) -> bool:
+    """True if ``value``, found ``depth`` levels deep in a document, is in the canonical
+    domain (nesting counted from the document's top)."""
+    return _in_domain(value, depth)
+
+
 def parse_json(data: bytes | str, *, what: str) -> Any:
     """Parse JSON from an untrusted source and check it is in the canonical domain.
 

@@ -85,6 +85,7 @@ from node.wire import (
     encode_message,
     encode_proposal,
     encode_txs,
+    parse_frame,
     sync_request,
 )
 
@@ -465,6 +466,7 @@ class NodeRuntime:
             on_message=self._on_peer_frame,
             rng=self._rng,
             addresses=addresses,
+            parse_frame=parse_frame,
         )
         self._queue: asyncio.Queue[QueueItem] | None = None
         self._stopping: asyncio.Event | None = None

@@ -25,7 +25,7 @@ from typing import Any
 from consensus.messages import Block, Message, Precommit, Prevote, Proposal
 from consensus.types import Height, Round, ValidatorId
 from node.block import check_header_shape
-from node.codec import canonical, splice_list
+from node.codec import NOT_CANONICAL, canonical, in_domain, parse_canonical, parse_json, splice_list
 from node.errors import EncodingError, ProofError
 from node.invariant import invariant
 
@@ -35,6 +35,53 @@ usual block sizes; a large block is sent alone."""
 
 GOSSIP_TXS_PER_FRAME_MAX = 512
 """Transactions per gossip frame: batching amortises framing and the event loop wake-up."""
+
+
+def parse_frame(payload: bytes) -> Any:
+    """A peer frame's payload parsed and checked, or :class:`EncodingError`.
+
+    Canonical bytes (what every honest peer sends) are parsed once and domain-checked except
+    for the envelopes they carry (``txs.envelopes``, a proposal's ``block.transactions``, a
+    sync response's ``blocks[i].transactions``): nothing reads an envelope before
+    :func:`~node.tx.parse_envelope` checks it whole, domain and nesting included (admission
+    for gossip, ``Mempool.known`` byte for byte or ``parse_envelope`` for a block), so the
+    frame does not walk thousands of envelopes a second time. Anything else goes through
+    :func:`~node.codec.parse_json`, which checks everything and says what is wrong.
+    """
+    value = parse_canonical(payload)
+    if value is not NOT_CANONICAL and _frame_in_domain(value):
+        return value
+    return parse_json(payload, what="peer frame")
+
+
+def _frame_in_domain(frame: Any) -> bool:
+    if type(frame) is not dict:
+        return in_domain(frame)
+    kind = frame.get("type")
+    for key, item in frame.items():
+        if kind == "txs" and key == "envelopes":
+            ok = type(item) is list  # decode_txs and admission check the rest
+        elif kind == "proposal" and key == "block":
+            ok = _block_in_domain(item, 1)
+        elif kind == "sync_response" and key == "blocks":
+            ok = type(item) is list and all(_block_in_domain(block, 2) for block in item)
+        else:
+            ok = in_domain(item, 1)
+        if not ok:
+            return False
+    return True
+
+
+def _block_in_domain(block: Any, depth: int) -> bool:
+    """A block (``{"header", "transactions", ...}``) at ``depth``, but its envelopes."""
+    if type(block) is not dict:
+        return in_domain(block, depth)
+    for key, item in block.items():
+        if key == "transactions" and type(item) is list:
+            continue
+        if not in_domain(item, depth + 1):
+            return False
+    return True
 
 
 def encode_block(block: Block) -> dict[str, Any]:

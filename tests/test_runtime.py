@@ -15,6 +15,7 @@ from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any
 
+import orjson
 import pytest
 from tests_support import free_base_port
 
@@ -208,6 +209,55 @@ def test_a_genuine_peer_serving_a_bad_block_is_disconnected(tmp_path: Path) -> N
         )  # type: ignore[union-attr]
         later = await nodes[1].submit(net.envelope("after-the-attack"))
         assert await victim.wait_committed(later, 30) is not None
+
+    run(tmp_path, scenario)
+
+
+def test_a_float_inside_a_gossiped_envelope_costs_that_transaction_only(tmp_path: Path) -> None:
+    """Frames leave their envelopes to admission (node.wire.parse_frame): a genuine peer's
+    gossip frame with a float in one envelope loses that transaction, not its neighbour, and
+    no link is dropped."""
+
+    async def scenario(net: Network) -> None:
+        nodes = [net.start(i) for i in range(3)]
+        await wait_until(lambda: all(len(n.network.connected_peers()) == 2 for n in nodes), 10)
+        peer_config = load_config(net.directory / "validator-3" / "config.json")
+        peer = PeerNetwork(
+            nodes[0].genesis,
+            "validator-3",
+            read_key_file(peer_config.key_file).key_pair,
+            peer_config.peer_listen[0],
+            peer_config.peer_listen[1],
+            on_message=lambda peer, frame: None,
+            rng=random.Random(11),
+        )
+        await peer.start()
+        try:
+            await wait_until(lambda: len(peer.connected_peers()) == 3, 10)
+            good = net.envelope("gossiped-good")
+            bad = net.envelope("gossiped-float")
+            bad["body"]["nonce"] = 1.5
+            frame = orjson.dumps(
+                {"type": "txs", "envelopes": [bad, good]}, option=orjson.OPT_SORT_KEYS
+            )
+            assert b'"nonce":1.5' in frame
+            assert peer.broadcast_payload(frame) == 3
+            good_id = tx_id_of(good["body"])
+            for node in nodes:
+                assert await node.wait_committed(good_id, 30) is not None
+                await wait_until(
+                    lambda node=node: (
+                        metric(  # type: ignore[misc]
+                            node, "coopledger_txs_rejected_total", code="malformed-transaction"
+                        )
+                        == 1
+                    ),
+                    10,
+                )
+                assert metric(node, "coopledger_frames_dropped_total") == 0
+                assert node.network.counters.disconnects["requested"] == 0
+        finally:
+            await peer.stop()
 
     run(tmp_path, scenario)
 

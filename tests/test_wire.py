@@ -7,6 +7,7 @@ import json
 from pathlib import Path
 from typing import Any
 
+import orjson
 import pytest
 from hypothesis import given
 from hypothesis import strategies as st
@@ -16,7 +17,7 @@ from consensus.safety import SafetyRecord
 from consensus.types import Height, Round, Step, ValidatorId
 from node.codec import NESTING_DEPTH_MAX, canonical, canonical_trusted, parse_json, splice_list
 from node.consortium import make_consortium
-from node.errors import AdmissionError
+from node.errors import AdmissionError, EncodingError
 from node.invariant import InvariantViolation
 from node.ledger import ExecutedBlock, Ledger
 from node.limits import TX_BODY_FRAME_DEPTH
@@ -24,7 +25,14 @@ from node.runtime import SafetyFile
 from node.scenario import scenario_blocks
 from node.storage import MemoryStore
 from node.tx import parse_envelope
-from node.wire import decode_message, decode_txs, encode_message, encode_proposal, encode_txs
+from node.wire import (
+    decode_message,
+    decode_txs,
+    encode_message,
+    encode_proposal,
+    encode_txs,
+    parse_frame,
+)
 
 
 def scenario_block() -> ExecutedBlock:
@@ -163,3 +171,108 @@ def test_safety_record_with_a_locked_block_round_trips(tmp_path: Path) -> None:
     safety.save(unlocked)
     assert safety.load() == unlocked
     assert json.loads(safety.path.read_text())["locked_block"] is None
+
+
+# --- parse_frame: envelopes are checked once, by parse_envelope ----------------------------
+
+ENVELOPE: dict[str, Any] = EXECUTED.txs[0].envelope
+
+JSON_LEAVES = st.one_of(
+    st.none(),
+    st.booleans(),
+    st.integers(-(2**60), 2**60),  # wide integers too
+    st.floats(allow_nan=False, allow_infinity=False),
+    st.text(max_size=8),
+)
+JSON_VALUES = st.recursive(
+    JSON_LEAVES,
+    lambda inner: st.lists(inner, max_size=4) | st.dictionaries(st.text(max_size=4), inner),
+    max_leaves=12,
+)
+
+
+def frame_bytes(value: Any) -> bytes:
+    return orjson.dumps(value, option=orjson.OPT_SORT_KEYS)
+
+
+def outcome(parse: Any, data: bytes) -> Any:
+    try:
+        return ("ok", parse(data))
+    except EncodingError:
+        return ("refused", None)
+
+
+@given(JSON_VALUES, st.sampled_from(["prevote", "precommit", "sync_request", "other"]))
+def test_frames_without_envelopes_are_checked_exactly_as_parse_json(value: Any, kind: str) -> None:
+    for document in (value, {"type": kind, "value": value}, {"type": kind, "block": value}):
+        data = frame_bytes(document)
+        assert outcome(parse_frame, data) == outcome(
+            lambda d: parse_json(d, what="peer frame"), data
+        )
+
+
+@given(JSON_VALUES)
+def test_what_parse_frame_leaves_unchecked_is_refused_by_parse_envelope(value: Any) -> None:
+    """A value that is out of the domain may pass the frame only inside an envelope list,
+    and there parse_envelope refuses it (floats, wide integers, depth) before any use."""
+    bad_envelope = {**ENVELOPE, "body": {**ENVELOPE["body"], "nonce": value}}
+    frames = [
+        {"type": "txs", "envelopes": [ENVELOPE, bad_envelope]},
+        {"type": "proposal", "block": {"header": {}, "transactions": [bad_envelope]}},
+        {"type": "sync_response", "blocks": [{"commit": {}, "transactions": [bad_envelope]}]},
+    ]
+    for document in frames:
+        data = frame_bytes(document)
+        strict = outcome(lambda d: parse_json(d, what="peer frame"), data)
+        if strict[0] == "ok":
+            assert outcome(parse_frame, data) == strict
+            continue
+        assert outcome(parse_frame, data) == ("ok", document)
+        with pytest.raises(AdmissionError):
+            parse_envelope(bad_envelope)
+
+
+def test_parse_frame_refuses_what_lies_outside_the_envelopes() -> None:
+    envelope = EXECUTED.txs[0].envelope
+    refused = [
+        {"type": "proposal", "round": 1.5, "block": {"header": {}, "transactions": []}},
+        {"type": "proposal", "block": {"header": {"height": 2**60}, "transactions": []}},
+        {"type": "sync_response", "blocks": [{"commit": {"x": 0.5}, "transactions": []}]},
+        {"type": "txs", "envelopes": [envelope], "extra": [1.0]},
+    ]
+    for document in refused:
+        with pytest.raises(EncodingError):
+            parse_frame(frame_bytes(document))
+    # Deeper than orjson writes (255 levels) is not canonical: the strict parser refuses it.
+    nested = "[" * 300 + "]" * 300
+    with pytest.raises(EncodingError):
+        parse_frame(b'{"envelopes":[' + nested.encode() + b'],"type":"txs"}')
+    # Not canonical (whitespace): parsed and checked whole, as before.
+    spaced = frame_bytes({"type": "txs", "envelopes": [envelope]}).replace(b":", b": ", 1)
+    assert parse_frame(spaced) == {"type": "txs", "envelopes": [envelope]}
+    # An envelope nested deeper than a body may be: the frame passes it, admission refuses.
+    metadata: Any = 1
+    for _ in range(40):
+        metadata = {"k": metadata}
+    deep_envelope = {**envelope, "body": {**envelope["body"], "payload": {"metadata": metadata}}}
+    frame = parse_frame(frame_bytes({"type": "txs", "envelopes": [deep_envelope]}))
+    with pytest.raises(AdmissionError) as caught:
+        parse_envelope(decode_txs(frame)[0])
+    assert caught.value.code == "malformed-transaction"
+
+
+@pytest.mark.parametrize("levels", range(NESTING_DEPTH_MAX - 4, NESTING_DEPTH_MAX + 1))
+def test_parse_frame_counts_nesting_from_the_frame_top(levels: int) -> None:
+    """At the limit and one past it, wherever the nested value sits, as parse_json does."""
+    nested: Any = 1
+    for _ in range(levels):
+        nested = [nested]
+    documents = [
+        {"type": "prevote", "x": nested},
+        {"type": "proposal", "block": {"header": {"x": nested}, "transactions": []}},
+        {"type": "sync_response", "blocks": [{"commit": {"x": nested}, "transactions": []}]},
+    ]
+    for document in documents:
+        data = frame_bytes(document)
+        strict = outcome(lambda d: parse_json(d, what="peer frame"), data)
+        assert outcome(parse_frame, data) == strict

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import struct
+from collections.abc import Callable
 from typing import Any
 
 from node.codec import canonical, parse_json
@@ -51,8 +52,19 @@ def frame(payload: bytes) -> bytes:
     return HEADER.pack(len(payload)) + payload
 
 
-async def read_frame(reader: asyncio.StreamReader, payload_bytes_max: int) -> tuple[Any, int]:
+def parse_frame_strict(payload: bytes) -> Any:
+    """Every byte checked (:func:`node.codec.parse_json`): handshakes and by default."""
+    return parse_json(payload, what="peer frame")
+
+
+async def read_frame(
+    reader: asyncio.StreamReader,
+    payload_bytes_max: int,
+    parse: Callable[[bytes], Any] = parse_frame_strict,
+) -> tuple[Any, int]:
     """Read one frame; return its message (a ``dict``) and its size on the wire.
+
+    ``parse`` turns the payload into the message or raises :class:`EncodingError`.
 
     Raises :class:`FrameError` for a frame that breaks the rules and lets
     :class:`asyncio.IncompleteReadError` through when the peer closes mid-frame.
@@ -67,7 +79,7 @@ async def read_frame(reader: asyncio.StreamReader, payload_bytes_max: int) -> tu
     # before the peer has actually sent that much.
     payload = await reader.readexactly(length)
     try:
-        message = parse_json(payload, what="peer frame")
+        message = parse(payload)
     except EncodingError as error:
         raise FrameError("bad-frame", str(error)) from error
     if not isinstance(message, dict):

@@ -47,6 +47,7 @@ from node.transport._frames import (
     check_payload,
     encode_payload,
     frame,
+    parse_frame_strict,
     read_frame,
 )
 from node.transport._handshake import (
@@ -228,9 +229,12 @@ class PeerNetwork:
         rng: random.Random,
         addresses: Mapping[str, str] | None = None,
         config: TransportConfig | None = None,
+        parse_frame: Callable[[bytes], Any] = parse_frame_strict,
     ) -> None:
         """``addresses`` maps validator ids to ``host:port`` overriding genesis; it is read at
-        every dial, so a test may fill it in after the listeners have bound port 0."""
+        every dial, so a test may fill it in after the listeners have bound port 0.
+        ``parse_frame`` parses and checks the payload of each frame after the handshake (the
+        handshake's own frames are always checked whole)."""
         own = genesis.validator(validator_id)
         if own is None:
             raise ConfigError("transport", "validator_id", f"{validator_id!r} is not in genesis")
@@ -242,6 +246,7 @@ class PeerNetwork:
         self._listen_host = listen_host
         self._listen_port = listen_port
         self._on_message = on_message
+        self._parse_frame = parse_frame
         self._rng = rng
         self._addresses = addresses if addresses is not None else {}
         self._config = config or TransportConfig()
@@ -545,7 +550,7 @@ class PeerNetwork:
     async def _read_loop(self, link: _Link) -> str:
         while True:
             try:
-                message, size = await read_frame(link.reader, FRAME_BYTES_MAX)
+                message, size = await read_frame(link.reader, FRAME_BYTES_MAX, self._parse_frame)
             except FrameError as error:
                 _log.warning("%s got a bad frame from %s: %s", self._id, link.peer_id, error.detail)
                 return error.reason
