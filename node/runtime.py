@@ -879,7 +879,14 @@ class NodeRuntime:
             )
         for message in ready.messages:
             if isinstance(message, Proposal):
-                envelopes = self.application.encoded_envelopes(message.block)
+                try:
+                    envelopes = self.application.encoded_envelopes(message.block)
+                except EncodingError as error:
+                    # Another validator's proposal, refused when validated: peer frames
+                    # leave envelopes to validation (node.wire.parse_frame), so they may not
+                    # be canonical JSON. It is not relayed.
+                    log.info("not relaying proposal %s: %s", message.block.hash[:12], error)
+                    continue
                 self.network.broadcast_payload(encode_proposal(message, envelopes))
             else:
                 self.network.broadcast(encode_message(message))

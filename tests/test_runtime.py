@@ -19,7 +19,9 @@ import orjson
 import pytest
 from tests_support import free_base_port
 
-from consensus.types import ValidatorId
+from consensus.driver import Ready
+from consensus.messages import Block, Proposal
+from consensus.types import Height, Round, ValidatorId
 from node import runtime
 from node.config import load_config
 from node.consortium import make_consortium
@@ -258,6 +260,44 @@ def test_a_float_inside_a_gossiped_envelope_costs_that_transaction_only(tmp_path
                 assert node.network.counters.disconnects["requested"] == 0
         finally:
             await peer.stop()
+
+    run(tmp_path, scenario)
+
+
+def test_a_refused_proposal_whose_envelopes_do_not_encode_is_not_relayed(tmp_path: Path) -> None:
+    """The core re-sends every proposal of the round it holds, refused ones too. Frames
+    leave envelopes to validation, so a forged proposal's may not be canonical JSON: the
+    node skips relaying it instead of stopping its consensus loop on the encoding error."""
+
+    async def scenario(net: Network) -> None:
+        nodes = [net.start(i) for i in range(3)]
+        await wait_until(lambda: all(len(n.network.connected_peers()) == 2 for n in nodes), 10)
+        tx_id = await nodes[0].submit(net.envelope("before"))
+        assert await nodes[0].wait_committed(tx_id, 20) is not None
+        victim = nodes[0]
+        stored = victim.ledger.store.block(victim.ledger.height)
+        assert stored is not None
+        header = {
+            **stored.header,
+            "height": victim.ledger.height + 1,
+            "prev_hash": victim.ledger.last_block_hash,
+            "tx_count": 1,
+        }
+        block = Block(header=header, transactions=(1.5,))
+        assert victim.application.validate_block(block) is False
+        forged = Proposal(
+            height=Height(header["height"]),
+            round=Round(0),
+            pol_round=Round(-1),
+            block=block,
+            proposer=ValidatorId("validator-3"),
+            signature="ab" * 64,
+        )
+        sent = victim.network.counters.frames_out
+        await victim._handle(Ready(messages=(forged,)))  # as the core's retransmit does
+        assert victim.network.counters.frames_out == sent, "nothing relayed"
+        later = await nodes[1].submit(net.envelope("after"))
+        assert await victim.wait_committed(later, 30) is not None
 
     run(tmp_path, scenario)
 

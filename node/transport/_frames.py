@@ -3,7 +3,8 @@
 A frame is refused, and its connection closed, when the declared length is zero or over the
 limit the caller passes (checked before a single payload byte is read, so a peer declaring
 2 GiB costs four bytes of buffer, not two gigabytes), or when the payload is not a JSON object
-in the canonical domain (:func:`node.codec.parse_json`).
+in the canonical domain (:func:`node.codec.parse_json`; after the handshake the runtime's
+:func:`node.wire.parse_frame`, which leaves the envelopes a frame carries to admission).
 """
 
 from __future__ import annotations
