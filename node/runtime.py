@@ -997,19 +997,46 @@ class NodeRuntime:
             self.config.peer_listen,
             self.config.api_listen,
         )
-        loop_task = loop.create_task(self._loop())
-        watchdog = loop.create_task(self._sync_watchdog())
+        loop_task = loop.create_task(self._loop(), name="consensus loop")
+        watchdog = loop.create_task(self._sync_watchdog(), name="sync watchdog")
+        for task in (loop_task, watchdog):
+            task.add_done_callback(self._fail_stop)
         await self._stopping.wait()
         log.info("validator %s stopping", self.validator_id)
+        failure: Exception | None = None
         for task in (loop_task, watchdog, *self._background):
             task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
+            try:
                 await task
+            except asyncio.CancelledError:
+                pass
+            except Exception as error:  # the node still shuts down cleanly, then re-raises
+                failure = failure or error
         if server is not None and server_task is not None:
             server.should_exit = True
             await server_task
         await self.network.stop()
         self.close()
+        if failure is not None:
+            raise failure
+
+    def _fail_stop(self, task: asyncio.Task[None]) -> None:
+        """Stop the node when its consensus loop or sync watchdog fails.
+
+        Without them the gateway would keep accepting transactions that never commit. A
+        crashed validator is what BFT tolerates: the process exits with the error (``run``
+        re-raises it), its supervisor restarts it, and it recovers from its store and safety
+        record like after kill -9.
+        """
+        if task.cancelled() or task.exception() is None:
+            return
+        log.critical(
+            "validator %s stops: its %s failed: %r",
+            self.validator_id,
+            task.get_name(),
+            task.exception(),
+        )
+        self.stop()
 
     def close(self) -> None:
         """Release the database and the data-dir lock (after :meth:`run`, or instead of it)."""

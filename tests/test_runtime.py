@@ -302,6 +302,31 @@ def test_a_refused_proposal_whose_envelopes_do_not_encode_is_not_relayed(tmp_pat
     run(tmp_path, scenario)
 
 
+def test_a_failing_consensus_loop_stops_the_node_with_its_error(tmp_path: Path) -> None:
+    """Fail-stop: a bug that ends the consensus loop shuts the node down cleanly and makes
+    ``run`` raise, instead of leaving a gateway that accepts what never commits."""
+
+    async def scenario(net: Network) -> None:
+        nodes = [net.start(i) for i in range(3)]
+        await wait_until(lambda: all(len(n.network.connected_peers()) == 2 for n in nodes), 10)
+        victim = nodes[0]
+
+        async def bug() -> None:
+            raise RuntimeError("a bug in the loop")
+
+        victim._enqueue(bug)
+        task = net.tasks.pop(0)
+        del net.nodes[0]
+        with pytest.raises(RuntimeError, match="a bug in the loop"):
+            await asyncio.wait_for(task, 10)
+        # Shut down cleanly: the data directory's lock is free for a restart.
+        restarted = net.start(0)
+        tx_id = await nodes[1].submit(net.envelope("after-the-restart"))
+        assert await restarted.wait_committed(tx_id, 30) is not None
+
+    run(tmp_path, scenario)
+
+
 def test_metrics_move_by_the_right_amounts_after_a_burst(tmp_path: Path) -> None:
     async def scenario(net: Network) -> None:
         nodes = [net.start(i) for i in range(4)]
