@@ -19,6 +19,7 @@ from node.storage._model import (
     StoredBlock,
     TxPosition,
     TxRow,
+    TxSummaryReads,
     check_page,
     check_record,
     check_successor,
@@ -33,7 +34,7 @@ from node.storage._model import (
 )
 
 
-class MemoryStore:
+class MemoryStore(TxSummaryReads):
     """A :class:`~node.storage.BlockStore` in dictionaries."""
 
     def __init__(
@@ -114,14 +115,6 @@ class MemoryStore:
         if not 1 <= height <= len(self._blocks):
             return []
         return [decode_tx(row) for row in self._block_txs[height - 1]]
-
-    def block_tx_summaries(self, height: int) -> list[TxSummary]:
-        read = self._tx_summaries(height)
-        return [] if read is None else read[0]
-
-    def block_tx_tree(self, height: int) -> MerkleTree | None:
-        read = self._tx_summaries(height)
-        return None if read is None else read[1]
 
     def _tx_summaries(self, height: int) -> tuple[list[TxSummary], MerkleTree] | None:
         if not 1 <= height <= len(self._blocks):

@@ -288,6 +288,22 @@ def check_tx_count(height: int, header: Header, indexes: list[int]) -> None:
         )
 
 
+class TxSummaryReads:
+    """:meth:`BlockStore.block_tx_summaries` and :meth:`BlockStore.block_tx_tree` for a store
+    that reads a block's summaries and their checked tree in one ``_tx_summaries``."""
+
+    def _tx_summaries(self, height: int) -> tuple[list[TxSummary], MerkleTree] | None:
+        raise NotImplementedError
+
+    def block_tx_summaries(self, height: int) -> list[TxSummary]:
+        read = self._tx_summaries(height)
+        return [] if read is None else read[0]
+
+    def block_tx_tree(self, height: int) -> MerkleTree | None:
+        read = self._tx_summaries(height)
+        return None if read is None else read[1]
+
+
 def checked_tx_tree(height: int, header: Header, summaries: list[TxSummary]) -> MerkleTree:
     """The tree of the ids and codes read for block ``height``, which must hash to its
     header's ``tx_root``: what a listing reads without the envelopes is still checked against

@@ -64,6 +64,7 @@ from node.storage._model import (
     StoredBlock,
     TxPosition,
     TxRow,
+    TxSummaryReads,
     check_page,
     check_record,
     check_successor,
@@ -182,7 +183,7 @@ _WRITE = "coopledger_write"
 """Execution option that makes the SQLite ``BEGIN`` take the write lock at once."""
 
 
-class SqlStore:
+class SqlStore(TxSummaryReads):
     """A :class:`~node.storage.BlockStore` in SQLite (``sqlite:///path``) or PostgreSQL
     (``postgresql+psycopg://user@host/db``; ``?options=-csearch_path%3Dschema`` selects a
     schema).
@@ -309,14 +310,6 @@ class SqlStore:
     def block_txs(self, height: int) -> list[TxRecord]:
         read = self._block_rows(height, _TX_COLUMNS)
         return [] if read is None else [_tx_from_row(row) for row in read[1]]
-
-    def block_tx_summaries(self, height: int) -> list[TxSummary]:
-        read = self._tx_summaries(height)
-        return [] if read is None else read[0]
-
-    def block_tx_tree(self, height: int) -> MerkleTree | None:
-        read = self._tx_summaries(height)
-        return None if read is None else read[1]
 
     def _tx_summaries(self, height: int) -> tuple[list[TxSummary], MerkleTree] | None:
         read = self._block_rows(height, _TX_COLUMNS[:5])
