@@ -26,6 +26,7 @@ from node import runtime
 from node.config import load_config
 from node.consortium import make_consortium
 from node.errors import AdmissionError, ConfigError
+from node.genesis import load_genesis
 from node.keys import read_key_file
 from node.ledger import Ledger
 from node.mempool import Mempool
@@ -87,6 +88,22 @@ class Network:
             },
         }
         return sign_transaction(self.key, body)
+
+    async def impostor(self) -> PeerNetwork:
+        """validator-3's real key and address in a bare transport the test drives: a
+        genuine validator that sends what the test wants (validator-3 itself not started)."""
+        config = load_config(self.directory / "validator-3" / "config.json")
+        peer = PeerNetwork(
+            load_genesis(Path(self.description["genesis"])),
+            "validator-3",
+            read_key_file(config.key_file).key_pair,
+            config.peer_listen[0],
+            config.peer_listen[1],
+            on_message=lambda peer, frame: None,
+            rng=random.Random(7),
+        )
+        await peer.start()
+        return peer
 
     async def close(self) -> None:
         for index in list(self.nodes):
@@ -163,18 +180,7 @@ def test_a_genuine_peer_serving_a_bad_block_is_disconnected(tmp_path: Path) -> N
         good = victim.ledger.store.block(height)
         assert good is not None
         header = dict(good.header)
-        evil_config = load_config(net.directory / "validator-3" / "config.json")
-        evil_key = read_key_file(evil_config.key_file).key_pair
-        evil = PeerNetwork(
-            victim.genesis,
-            "validator-3",
-            evil_key,
-            evil_config.peer_listen[0],
-            evil_config.peer_listen[1],
-            on_message=lambda peer, frame: None,
-            rng=random.Random(7),
-        )
-        await evil.start()
+        evil = await net.impostor()
         try:
             await wait_until(lambda: "validator-0" in evil.connected_peers(), 10)
             height = victim.ledger.height
@@ -223,17 +229,7 @@ def test_a_float_inside_a_gossiped_envelope_costs_that_transaction_only(tmp_path
     async def scenario(net: Network) -> None:
         nodes = [net.start(i) for i in range(3)]
         await wait_until(lambda: all(len(n.network.connected_peers()) == 2 for n in nodes), 10)
-        peer_config = load_config(net.directory / "validator-3" / "config.json")
-        peer = PeerNetwork(
-            nodes[0].genesis,
-            "validator-3",
-            read_key_file(peer_config.key_file).key_pair,
-            peer_config.peer_listen[0],
-            peer_config.peer_listen[1],
-            on_message=lambda peer, frame: None,
-            rng=random.Random(11),
-        )
-        await peer.start()
+        peer = await net.impostor()
         try:
             await wait_until(lambda: len(peer.connected_peers()) == 3, 10)
             good = net.envelope("gossiped-good")

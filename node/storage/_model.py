@@ -9,6 +9,7 @@ stores text too, which keeps callers from aliasing stored values).
 from __future__ import annotations
 
 import json
+from abc import ABC, abstractmethod
 from collections.abc import Collection, Generator
 from dataclasses import dataclass
 from typing import Any, NamedTuple, Protocol
@@ -288,12 +289,14 @@ def check_tx_count(height: int, header: Header, indexes: list[int]) -> None:
         )
 
 
-class TxSummaryReads:
+class TxSummaryReads(ABC):
     """:meth:`BlockStore.block_tx_summaries` and :meth:`BlockStore.block_tx_tree` for a store
     that reads a block's summaries and their checked tree in one ``_tx_summaries``."""
 
+    @abstractmethod
     def _tx_summaries(self, height: int) -> tuple[list[TxSummary], MerkleTree] | None:
-        raise NotImplementedError
+        """Block ``height``'s summaries and their tree (checked against its header's
+        ``tx_root``), or ``None`` if there is no such block."""
 
     def block_tx_summaries(self, height: int) -> list[TxSummary]:
         read = self._tx_summaries(height)
