@@ -493,6 +493,43 @@ def test_reopening_finds_the_chain(sql_url: str) -> None:
         reopened.close()
 
 
+def _sqlite_table_sql(url: str) -> dict[str, str]:
+    engine = create_engine(url)
+    try:
+        with engine.connect() as conn:
+            rows = conn.exec_driver_sql("SELECT name, sql FROM sqlite_master WHERE type = 'table'")
+            return {name: sql for name, sql in rows}
+    finally:
+        engine.dispose()
+
+
+def test_sqlite_appends_event_rows_and_keeps_narrow_tables_without_rowid(sqlite_url: str) -> None:
+    # docs/architecture.md, "Why asset_events keeps its rowid on SQLite": the wide event rows
+    # go in rowid order, only their (asset_id, seq) index takes random inserts.
+    SqlStore(sqlite_url, chain_id=TEST_CHAIN_ID, genesis_hash=TEST_GENESIS_HASH).close()
+    tables = _sqlite_table_sql(sqlite_url)
+    assert "WITHOUT ROWID" not in tables["asset_events"]
+    assert "PRIMARY KEY (asset_id, seq)" in tables["asset_events"]
+    assert "WITHOUT ROWID" in tables["tx_refs"]
+    assert "WITHOUT ROWID" in tables["state"]
+
+
+def test_a_sqlite_database_with_the_earlier_event_table_layout_still_works(
+    sqlite_url: str,
+) -> None:
+    SqlStore(sqlite_url, chain_id=TEST_CHAIN_ID, genesis_hash=TEST_GENESIS_HASH).close()
+    earlier = _sqlite_table_sql(sqlite_url)["asset_events"] + " WITHOUT ROWID"
+    _execute(sqlite_url, "DROP TABLE asset_events")
+    _execute(sqlite_url, earlier)
+    store = SqlStore(sqlite_url, chain_id=TEST_CHAIN_ID, genesis_hash=TEST_GENESIS_HASH)
+    try:
+        assert "WITHOUT ROWID" in _sqlite_table_sql(sqlite_url)["asset_events"]
+        builder = build_chain(store, [4, 4, 4])
+        assert_store_holds(store, builder)
+    finally:
+        store.close()
+
+
 def test_a_database_of_another_schema_version_is_refused(sql_url: str) -> None:
     SqlStore(sql_url, chain_id=TEST_CHAIN_ID, genesis_hash=TEST_GENESIS_HASH).close()
     _execute(sql_url, "UPDATE coopledger_meta SET value = '99' WHERE name = 'schema_version'")

@@ -8,7 +8,7 @@ Tables (docs/architecture.md, "Storage", says why each index exists)::
                      expires_at_ms, envelope_json, events_json, refs_json
                      index (expires_at_ms, tx_id)  -- deduplication index at start-up
     tx_refs          (kind, ref_id, height, tx_index) PK  -- history: one range scan
-    asset_events     (asset_id, seq) PK, event_hash, prev_hash, tx_id, type
+    asset_events     (asset_id, seq) PK (beside the rowid), event_hash, prev_hash, tx_id, type
     state            key PK, value_json
 
 Durability: SQLite runs in WAL mode with ``synchronous=FULL`` (every commit is fsynced
@@ -160,7 +160,6 @@ asset_events_table = Table(
     Column("tx_id", _Key, ForeignKey("txs.tx_id"), nullable=False),
     Column("type", Text, nullable=False),
     PrimaryKeyConstraint("asset_id", "seq"),
-    sqlite_with_rowid=False,
 )
 
 state_table = Table(
