@@ -53,15 +53,19 @@ def run_node(config_path: Path) -> None:
         runner.run(runtime.run(app))
 
 
-GC_THRESHOLDS = (50_000, 50, 100)
+GC_THRESHOLDS = (250_000, 20, 100)
 """Young-generation size and the collections between older ones (CPython: 700, 10, 10).
 
-A validator allocates tens of thousands of short-lived containers a second (parsed
-envelopes, rule-engine records) that reference counting frees; the default thresholds
-collected generation 0 about 40 times a second and promoted the survivors of in-flight
-work into older generations, so full collections (a walk over the whole heap: the state
-cache, the mempool, the replay index) came every few seconds and each stopped the node
-for about 190 ms under load. See docs/architecture.md, "Validator runtime"."""
+A validator allocates tens of thousands of containers a second (parsed envelopes, rule
+records, state values) and keeps most of them for seconds: in the mempool, in the block
+pipeline, in the state cache. A young collection walks every container still alive, so its
+cost is the in-flight work, and it finds almost nothing to free (about 100 objects each).
+The defaults collected generation 0 about 40 times a second and promoted in-flight work
+into older generations, so full collections over the whole heap came every few seconds
+(about 190 ms each). At 50,000, young collections came every 1.3 s at maximum rate, 20 to 140
+ms each, 1.6 to 2.2 s in a 35-second run per validator; at 250,000 there are two or three,
+0.3 to 0.7 s in all (the longest 380 ms), and the network carried 11 % more
+(docs/benchmarks.md, "Latest"). See docs/architecture.md, "Validator runtime"."""
 
 
 def tune_gc() -> None:
