@@ -21,8 +21,10 @@ schema that is dropped afterwards.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import os
 import random
+import sqlite3
 import statistics
 import sys
 import tempfile
@@ -41,6 +43,7 @@ from node.block import Commit, Header, block_hash
 from node.codec import canonical_trusted, sha256_hex
 from node.records import AssetEvent, BlockRecord, StateKey, StateValue, TxRecord
 from node.storage import BlockStore, SqlStore, TxPosition
+from node.storage import _sql as sql_module
 
 CHAIN_ID = "bench"
 GENESIS_HASH = "00" * 32
@@ -193,9 +196,22 @@ def measure(action: Callable[[], object], repeat: int) -> tuple[float, float]:
     return statistics.median(times), max(times)
 
 
-def bench(name: str, store: BlockStore, maker: BlockMaker, txs_total: int, samples: int) -> None:
+def bench(
+    name: str,
+    store: BlockStore,
+    maker: BlockMaker,
+    txs_total: int,
+    samples: int,
+    *,
+    wal: Path | None = None,
+) -> None:
+    """Fill the store block by block; report the commit's wall and CPU time (this process,
+    the SQLite work included: it runs in this thread) and, with ``wal``, the WAL frames
+    each commit appended (the pages it wrote)."""
     blocks = max(samples, txs_total // maker.block_txs)
     commit_ms: list[float] = []
+    commit_cpu_ms: list[float] = []
+    wal_frames: list[int] = []
     build_ms: list[float] = []
     started = time.perf_counter()
     first = maker.next_block()
@@ -209,24 +225,51 @@ def bench(name: str, store: BlockStore, maker: BlockMaker, txs_total: int, sampl
         if record is None:
             record = maker.next_block()
         build_ms.append((time.perf_counter() - start) * 1_000)
+        wal_before = wal.stat().st_size if wal is not None and wal.exists() else 0
+        cpu_start = time.process_time()
         start = time.perf_counter()
         store.commit_block(record)
         commit_ms.append((time.perf_counter() - start) * 1_000)
+        commit_cpu_ms.append((time.process_time() - cpu_start) * 1_000)
+        if wal is not None:
+            wal_frames.append((wal.stat().st_size - wal_before) // WAL_FRAME_BYTES)
+            checkpoint(wal)
         record = None
         if number % 50 == 49:
             print(f"  {name}: {number + 1}/{blocks} blocks", file=sys.stderr)
     fill_s = time.perf_counter() - started
-    last = commit_ms[-samples:]
+    last = slice(-samples, None)
     print(f"\n### {name}\n")
     print(f"block shape: {shape}")
     print(f"filled {blocks} blocks ({blocks * maker.block_txs:,} txs) in {fill_s:.0f} s")
     print(
-        f"commit_block, last {len(last)} blocks: median {statistics.median(last):.1f} ms, "
-        f"worst {max(last):.1f} ms (first {samples}: median "
+        f"commit_block, last {samples} blocks: median {statistics.median(commit_ms[last]):.1f} "
+        f"ms, worst {max(commit_ms[last]):.1f} ms (first {samples}: median "
         f"{statistics.median(commit_ms[:samples]):.1f} ms); building a block in Python: "
         f"median {statistics.median(build_ms[1:] or build_ms):.1f} ms"
     )
+    cpu_us = statistics.median(commit_cpu_ms[last]) * 1_000 / maker.block_txs
+    print(f"commit CPU, last {samples} blocks: median {cpu_us:.1f} µs a transaction")
+    if wal_frames:
+        print(
+            f"WAL pages a commit, last {samples} blocks: median "
+            f"{statistics.median(wal_frames[last]):.0f}"
+        )
     queries(store, maker)
+
+
+WAL_FRAME_BYTES = 24 + 4096
+"""A WAL frame: its header and one page (SQLite's default page size, which the store keeps)."""
+
+
+def checkpoint(wal: Path) -> None:
+    """Copy the WAL into the database and empty it, so the next commit's frames are counted
+    from an empty file (``--wal-pages``: automatic checkpoints are off meanwhile)."""
+    database = wal.with_name(wal.name.removesuffix("-wal"))
+    with contextlib.closing(sqlite3.connect(database)) as conn:
+        busy, _, _ = conn.execute("PRAGMA wal_checkpoint(TRUNCATE)").fetchone()
+    if busy:
+        raise SystemExit("the WAL checkpoint was blocked by a reader")
 
 
 def queries(store: BlockStore, maker: BlockMaker) -> None:
@@ -300,7 +343,15 @@ def main() -> None:
         "--postgres-url", default=os.environ.get("COOPLEDGER_TEST_POSTGRES_URL"), help="or none"
     )
     parser.add_argument("--only", choices=["sqlite", "postgres"], default=None)
+    parser.add_argument(
+        "--wal-pages",
+        action="store_true",
+        help="SQLite: count the pages each commit writes to the WAL (checkpoints after every "
+        "block instead of automatically, so commit times are not the node's)",
+    )
     arguments = parser.parse_args()
+    if arguments.wal_pages:
+        sql_module.SQLITE_CHECKPOINT_PAGES = 0  # read when a connection opens
     print(f"python {sys.version.split()[0]}, {os.cpu_count()} CPUs")
     if arguments.only != "postgres":
         with tempfile.TemporaryDirectory(dir=arguments.sqlite_dir) as directory:
@@ -313,6 +364,7 @@ def main() -> None:
                 maker,
                 arguments.txs_total,
                 arguments.samples,
+                wal=Path(directory) / "bench.sqlite-wal" if arguments.wal_pages else None,
             )
             store.close()
             size = sum(f.stat().st_size for f in Path(directory).iterdir())
