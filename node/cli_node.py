@@ -62,7 +62,7 @@ pipeline, in the state cache. A young collection walks every container still ali
 cost is the in-flight work, and it finds almost nothing to free (about 100 objects each).
 The defaults collected generation 0 about 40 times a second and promoted in-flight work
 into older generations, so full collections over the whole heap came every few seconds
-(about 190 ms each). At 50,000, young collections came every 1.3 s at maximum rate, 20 to 140
+(about 190 ms each). At 50,000, young collections came every 1.3 s at maximum rate, 20 to 250
 ms each, 1.6 to 2.2 s in a 35-second run per validator; at 250,000 there are two or three,
 0.3 to 0.7 s in all (the longest 380 ms), and the network carried 11 % more
 (docs/benchmarks.md, "Latest"). See docs/architecture.md, "Validator runtime"."""
