@@ -66,6 +66,14 @@ class Network:
         self.tasks[index] = asyncio.get_running_loop().create_task(node.run())
         return node
 
+    async def start_meshed(self, count: int) -> list[NodeRuntime]:
+        """Start validators 0 .. count-1 and wait until each is connected to all the others."""
+        nodes = [self.start(i) for i in range(count)]
+        await wait_until(
+            lambda: all(len(n.network.connected_peers()) == count - 1 for n in nodes), 10
+        )
+        return nodes
+
     async def stop(self, index: int) -> None:
         self.nodes[index].stop()
         await self.tasks.pop(index)
@@ -123,8 +131,7 @@ def run(directory: Path, scenario: Callable[[Network], Awaitable[None]]) -> None
 
 def test_four_validators_agree_on_every_block(tmp_path: Path) -> None:
     async def scenario(net: Network) -> None:
-        nodes = [net.start(i) for i in range(4)]
-        await wait_until(lambda: all(len(n.network.connected_peers()) == 3 for n in nodes), 10)
+        nodes = await net.start_meshed(4)
         tx_ids = [await nodes[i % 4].submit(net.envelope(f"lot-{i}")) for i in range(40)]
         committed = await nodes[0].wait_committed(tx_ids[-1], 20)
         assert committed is not None and committed.record.code == "ok"
@@ -145,8 +152,7 @@ def test_four_validators_agree_on_every_block(tmp_path: Path) -> None:
 
 def test_a_stopped_validator_restarts_and_catches_up(tmp_path: Path) -> None:
     async def scenario(net: Network) -> None:
-        nodes = [net.start(i) for i in range(4)]
-        await wait_until(lambda: all(len(n.network.connected_peers()) == 3 for n in nodes), 10)
+        nodes = await net.start_meshed(4)
         first = await nodes[0].submit(net.envelope("before"))
         assert await nodes[0].wait_committed(first, 20) is not None
         await net.stop(3)
@@ -171,8 +177,7 @@ def test_a_genuine_peer_serving_a_bad_block_is_disconnected(tmp_path: Path) -> N
     """validator-3's real key, but forged blocks: refused, disconnected, chain unharmed."""
 
     async def scenario(net: Network) -> None:
-        nodes = [net.start(i) for i in range(3)]
-        await wait_until(lambda: all(len(n.network.connected_peers()) == 2 for n in nodes), 10)
+        nodes = await net.start_meshed(3)
         tx_id = await nodes[0].submit(net.envelope("honest"))
         assert await nodes[0].wait_committed(tx_id, 20) is not None
         victim = nodes[0]
@@ -227,8 +232,7 @@ def test_a_float_inside_a_gossiped_envelope_costs_that_transaction_only(tmp_path
     no link is dropped."""
 
     async def scenario(net: Network) -> None:
-        nodes = [net.start(i) for i in range(3)]
-        await wait_until(lambda: all(len(n.network.connected_peers()) == 2 for n in nodes), 10)
+        nodes = await net.start_meshed(3)
         peer = await net.impostor()
         try:
             await wait_until(lambda: len(peer.connected_peers()) == 3, 10)
@@ -266,8 +270,7 @@ def test_a_refused_proposal_whose_envelopes_do_not_encode_is_not_relayed(tmp_pat
     node skips relaying it instead of stopping its consensus loop on the encoding error."""
 
     async def scenario(net: Network) -> None:
-        nodes = [net.start(i) for i in range(3)]
-        await wait_until(lambda: all(len(n.network.connected_peers()) == 2 for n in nodes), 10)
+        nodes = await net.start_meshed(3)
         tx_id = await nodes[0].submit(net.envelope("before"))
         assert await nodes[0].wait_committed(tx_id, 20) is not None
         victim = nodes[0]
@@ -303,8 +306,7 @@ def test_a_failing_consensus_loop_stops_the_node_with_its_error(tmp_path: Path) 
     ``run`` raise, instead of leaving a gateway that accepts what never commits."""
 
     async def scenario(net: Network) -> None:
-        nodes = [net.start(i) for i in range(3)]
-        await wait_until(lambda: all(len(n.network.connected_peers()) == 2 for n in nodes), 10)
+        nodes = await net.start_meshed(3)
         victim = nodes[0]
 
         async def bug() -> None:
@@ -325,8 +327,7 @@ def test_a_failing_consensus_loop_stops_the_node_with_its_error(tmp_path: Path) 
 
 def test_metrics_move_by_the_right_amounts_after_a_burst(tmp_path: Path) -> None:
     async def scenario(net: Network) -> None:
-        nodes = [net.start(i) for i in range(4)]
-        await wait_until(lambda: all(len(n.network.connected_peers()) == 3 for n in nodes), 10)
+        nodes = await net.start_meshed(4)
         envelopes = [net.envelope(f"burst-{i}") for i in range(30)]
         tx_ids = [await nodes[0].submit(envelope) for envelope in envelopes]
         with pytest.raises(AdmissionError):
