@@ -18,6 +18,8 @@ import random
 import signal
 import subprocess
 import sys
+import threading
+import time
 from dataclasses import replace
 from pathlib import Path
 from typing import Any
@@ -34,6 +36,7 @@ from node.limits import PAGE_SIZE_MAX
 from node.merkle import MerkleTree, tx_leaf
 from node.records import AssetEvent, BlockRecord, StateKey, StateValue, TxRecord, TxSummary
 from node.storage import SCHEMA_VERSION, BlockStore, SqlStore, TxPosition
+from node.storage._sql import SQLITE_CACHE_KIB, SQLITE_READ_CACHE_KIB
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 MEMBERS = ("m0", "m1", "m2")
@@ -530,6 +533,51 @@ def test_a_sqlite_database_with_the_earlier_event_table_layout_still_works(
         store.close()
 
 
+def test_sqlite_blocks_go_through_one_connection_with_the_large_cache(sqlite_url: str) -> None:
+    # node/storage/_sql.py, SqlStore: a connection's page cache is discarded when another
+    # connection commits, so every block must be written by the same one. Readers running
+    # meanwhile (as the gateway and the ledger do) made a shared pool hand blocks to
+    # whichever connection was free.
+    writers: list[tuple[int, int]] = []  # (connection, its cache_size) per block written
+    caches: dict[int, int] = {}  # every connection that ran a statement: its cache_size
+
+    def record(conn: Any, _cursor: Any, statement: str, *_: Any) -> None:
+        dbapi = conn.connection.dbapi_connection
+        cache = dbapi.execute("PRAGMA cache_size").fetchone()[0]
+        caches[id(dbapi)] = cache
+        if statement.startswith("INSERT INTO blocks"):
+            writers.append((id(dbapi), cache))
+
+    store = SqlStore(sqlite_url, chain_id=TEST_CHAIN_ID, genesis_hash=TEST_GENESIS_HASH)
+    event.listen(Engine, "before_cursor_execute", record)
+    stop = threading.Event()
+
+    def read() -> None:
+        while not stop.is_set():
+            store.tip()
+            store.state_get("member/nobody")
+
+    threads = [threading.Thread(target=read) for _ in range(3)]
+    try:
+        for thread in threads:
+            thread.start()
+        builder = ChainBuilder()
+        for _ in range(12):
+            store.commit_block(builder.next_block(3))
+            time.sleep(0.01)
+    finally:
+        stop.set()
+        for thread in threads:
+            thread.join()
+        event.remove(Engine, "before_cursor_execute", record)
+        store.close()
+    assert len(writers) == 12
+    (writer,) = {connection for connection, _ in writers}
+    assert {cache for _, cache in writers} == {-SQLITE_CACHE_KIB}
+    readers = {cache for connection, cache in caches.items() if connection != writer}
+    assert readers == {-SQLITE_READ_CACHE_KIB}
+
+
 def test_a_database_of_another_schema_version_is_refused(sql_url: str) -> None:
     SqlStore(sql_url, chain_id=TEST_CHAIN_ID, genesis_hash=TEST_GENESIS_HASH).close()
     _execute(sql_url, "UPDATE coopledger_meta SET value = '99' WHERE name = 'schema_version'")
@@ -555,6 +603,8 @@ def test_a_database_with_foreign_tables_is_refused(sql_url: str) -> None:
 def test_an_unusable_url_is_a_storage_error(tmp_path: Path) -> None:
     with pytest.raises(StorageError, match=r"unsupported database 'mysql'|cannot use database"):
         SqlStore("mysql://nowhere/x", chain_id=TEST_CHAIN_ID, genesis_hash=TEST_GENESIS_HASH)
+    with pytest.raises(StorageError, match="SQLite needs a file"):
+        SqlStore("sqlite://", chain_id=TEST_CHAIN_ID, genesis_hash=TEST_GENESIS_HASH)
     missing = tmp_path / "no" / "such" / "dir" / "ledger.sqlite"
     with pytest.raises(StorageError, match="cannot open database"):
         SqlStore(f"sqlite:///{missing}", chain_id=TEST_CHAIN_ID, genesis_hash=TEST_GENESIS_HASH)

@@ -23,6 +23,7 @@ from __future__ import annotations
 
 from collections.abc import Collection, Generator, Iterator, Mapping, Sequence
 from contextlib import contextmanager
+from functools import partial
 from typing import Any
 
 import psycopg
@@ -84,9 +85,16 @@ KEYS_PER_QUERY_MAX = 500
 hundred keys per round trip already amortise its cost."""
 
 SQLITE_CACHE_KIB = 64 * 1024
-"""Page cache per SQLite connection (the default is 2 MiB). A block updates thousands of
-pages at random keys (state, asset events, history index); with the upper levels of those
-B-trees cached, a commit does not re-read them from the OS."""
+"""Page cache of the one connection that writes blocks (the default is 2 MiB). A block
+updates thousands of pages at random keys (state, asset events, history index); with the
+upper levels of those B-trees cached, a commit does not re-read them from the OS. The cache
+stays warm because every commit goes through that connection (see :class:`SqlStore`)."""
+
+SQLITE_READ_CACHE_KIB = 4 * 1024
+"""Page cache of each reading connection. In WAL mode a connection discards its whole cache
+when it starts a read after another connection committed, that is after every block, so a
+large cache would only be filled and thrown away (and fragment the heap): it needs to hold
+the upper B-tree levels that one query walks, a few hundred pages."""
 
 SQLITE_CHECKPOINT_PAGES = 10_000
 """WAL pages (4 KiB) after which a commit copies the WAL back into the database (default
@@ -178,9 +186,6 @@ invariant(
     "txs columns must be the height and then the fields of TxRow",
 )
 
-_WRITE = "coopledger_write"
-"""Execution option that makes the SQLite ``BEGIN`` take the write lock at once."""
-
 
 class SqlStore(TxSummaryReads):
     """A :class:`~node.storage.BlockStore` in SQLite (``sqlite:///path``) or PostgreSQL
@@ -189,6 +194,13 @@ class SqlStore(TxSummaryReads):
 
     Opening stamps an empty database (schema version, ``chain_id``, ``genesis_hash`` and the
     optional ``genesis_state``, in one transaction) or checks the stamp of an existing one.
+
+    Two engines: blocks are written through a pool of exactly one connection, and everything
+    else reads through its own pool. On SQLite that keeps the writer's page cache warm: a
+    connection's cache is discarded whenever another connection has committed, so with one
+    shared pool each block landed on whichever connection came next and re-read the pages
+    it updates from the OS. Readers, whose caches are discarded after every block anyway,
+    keep small ones (:data:`SQLITE_READ_CACHE_KIB`).
     """
 
     def __init__(
@@ -201,14 +213,19 @@ class SqlStore(TxSummaryReads):
     ) -> None:
         self._chain_id = chain_id
         self._genesis_hash = genesis_hash
-        self._engine = _create_engine(url)
         self._where = make_url(url).render_as_string(hide_password=True)
+        self._write_engine = _create_engine(url, writer=True)
+        try:
+            self._engine = _create_engine(url, writer=False)
+        except BaseException:
+            self._write_engine.dispose()
+            raise
         self._writes = _Writes(self._engine.dialect)
         try:
             with _database_errors(f"cannot open database {self._where}"):
                 self._open(genesis_state or {})
         except BaseException:
-            self._engine.dispose()
+            self.close()
             raise
 
     @property
@@ -222,8 +239,8 @@ class SqlStore(TxSummaryReads):
     # --- opening ---------------------------------------------------------------------------
 
     def _open(self, genesis_state: Mapping[StateKey, StateValue]) -> None:
-        with self._engine.connect() as conn, conn.begin():
-            if self._engine.dialect.name == "sqlite":
+        with self._write_engine.connect() as conn, conn.begin():
+            if self._write_engine.dialect.name == "sqlite":
                 mode = conn.exec_driver_sql("PRAGMA journal_mode").scalar()
                 if mode not in ("wal", "memory"):
                     raise StorageError(f"{self._where}: SQLite refused WAL mode (mode {mode})")
@@ -278,7 +295,7 @@ class SqlStore(TxSummaryReads):
         height = record.height
         with (
             _database_errors(f"block {height} not written"),
-            self._engine.connect().execution_options(**{_WRITE: True}) as conn,
+            self._write_engine.connect() as conn,
             conn.begin(),
         ):
             tip = conn.execute(
@@ -436,6 +453,7 @@ class SqlStore(TxSummaryReads):
 
     def close(self) -> None:
         self._engine.dispose()
+        self._write_engine.dispose()
 
 
 _Parameters = list[tuple[Any, ...]]
@@ -576,19 +594,33 @@ def _committed_tx_from_row(row: _AnyRow) -> CommittedTx:
 # --- engine -------------------------------------------------------------------------------
 
 
-def _create_engine(url: str) -> Engine:
+def _create_engine(url: str, *, writer: bool) -> Engine:
+    """The writing engine (one connection; on SQLite ``BEGIN IMMEDIATE`` and the large page
+    cache) or the reading one."""
     try:
         parsed = make_url(url)
         postgres = parsed.get_backend_name() == "postgresql"
+        if parsed.get_backend_name() == "sqlite" and parsed.database in (None, "", ":memory:"):
+            raise ValueError(
+                "SQLite needs a file (sqlite:///PATH): an in-memory database is "
+                "private to one connection, and the store uses several"
+            )
+        pool: dict[str, Any] = (
+            {"pool_size": 1, "max_overflow": 0}
+            if writer
+            # Last returned, first reused: reads between two blocks find a cache still valid.
+            else {"pool_use_lifo": True}
+        )
         # Positional parameters on both drivers (see _Writes).
         engine = create_engine(
-            parsed, pool_pre_ping=postgres, paramstyle="format" if postgres else "qmark"
+            parsed, pool_pre_ping=postgres, paramstyle="format" if postgres else "qmark", **pool
         )
     except (ArgumentError, ImportError, ValueError) as error:
         raise StorageError(f"cannot use database URL {url!r}: {error}") from error
     if engine.dialect.name == "sqlite":
-        event.listen(engine, "connect", _sqlite_connect)
-        event.listen(engine, "begin", _sqlite_begin)
+        cache_kib = SQLITE_CACHE_KIB if writer else SQLITE_READ_CACHE_KIB
+        event.listen(engine, "connect", partial(_sqlite_connect, cache_kib=cache_kib))
+        event.listen(engine, "begin", _sqlite_begin_write if writer else _sqlite_begin)
     elif engine.dialect.name != "postgresql":
         engine.dispose()
         raise StorageError(
@@ -598,21 +630,25 @@ def _create_engine(url: str) -> Engine:
     return engine
 
 
-def _sqlite_connect(dbapi_connection: Any, _connection_record: Any) -> None:
+def _sqlite_connect(dbapi_connection: Any, _connection_record: Any, *, cache_kib: int) -> None:
     # Stop pysqlite from issuing its own BEGIN (it skips DDL); _sqlite_begin does it.
     dbapi_connection.isolation_level = None
     cursor = dbapi_connection.cursor()
     cursor.execute("PRAGMA journal_mode=WAL")
     cursor.execute("PRAGMA synchronous=FULL")
     cursor.execute("PRAGMA foreign_keys=ON")
-    cursor.execute(f"PRAGMA cache_size=-{SQLITE_CACHE_KIB}")
+    cursor.execute(f"PRAGMA cache_size=-{cache_kib}")
     cursor.execute(f"PRAGMA wal_autocheckpoint={SQLITE_CHECKPOINT_PAGES}")
     cursor.close()
 
 
 def _sqlite_begin(conn: Connection) -> None:
-    write = conn.get_execution_options().get(_WRITE, False)
-    conn.exec_driver_sql("BEGIN IMMEDIATE" if write else "BEGIN")
+    conn.exec_driver_sql("BEGIN")
+
+
+def _sqlite_begin_write(conn: Connection) -> None:
+    """Take the write lock at once rather than at the first write."""
+    conn.exec_driver_sql("BEGIN IMMEDIATE")
 
 
 @contextmanager
