@@ -830,23 +830,25 @@ class NodeRuntime:
         return recent and len(self.mempool) == 0
 
     def _schedule(self, timeout: ScheduleTimeout) -> None:
-        loop = asyncio.get_running_loop()
+        asyncio.get_running_loop().call_later(
+            timeout.duration_ms / 1000, self._fire, timeout, False
+        )
 
-        def fire(postponed: bool) -> None:
-            if timeout.kind == TimerKind.PROPOSE:
-                if self._idle():
-                    loop.call_later(0.05, fire, True)
-                    return
-                if postponed:
-                    # Work just appeared: give the proposer the whole propose timeout to
-                    # build and broadcast, as if the round had started now.
-                    loop.call_later(timeout.duration_ms / 1000, fire, False)
-                    return
-            self._enqueue(
-                TimeoutFired(height=timeout.height, round=timeout.round, kind=timeout.kind)
-            )
-
-        loop.call_later(timeout.duration_ms / 1000, fire, False)
+    def _fire(self, timeout: ScheduleTimeout, postponed: bool) -> None:
+        # A method, not a closure that re-schedules itself: such a closure refers to itself
+        # through its cell, so every timer left a reference cycle that only the (rarely run,
+        # docs/architecture.md "Validator runtime") older GC generations reclaim.
+        if timeout.kind == TimerKind.PROPOSE:
+            loop = asyncio.get_running_loop()
+            if self._idle():
+                loop.call_later(0.05, self._fire, timeout, True)
+                return
+            if postponed:
+                # Work just appeared: give the proposer the whole propose timeout to
+                # build and broadcast, as if the round had started now.
+                loop.call_later(timeout.duration_ms / 1000, self._fire, timeout, False)
+                return
+        self._enqueue(TimeoutFired(height=timeout.height, round=timeout.round, kind=timeout.kind))
 
     async def _build_when_there_is_work(
         self, height: Height, round_: Round, proposer: ValidatorId
