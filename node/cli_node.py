@@ -65,7 +65,7 @@ into older generations, so full collections over the whole heap came every few s
 (about 190 ms each). At 50,000, young collections came every 1.3 s at maximum rate, 20 to 250
 ms each, 1.6 to 2.2 s in a 35-second run per validator; at 250,000 there are two or three,
 0.3 to 0.7 s in all (the longest 380 ms), and the network carried 11 % more
-(docs/benchmarks.md, "Latest"). The count is allocations minus deallocations, so what
+(docs/benchmarks.md, "`92c63f7`"). The count is allocations minus deallocations, so what
 triggers a collection is a burst: executing a block of thousands of transactions allocates
 more than 50,000 containers before the previous block's are freed, but rarely 250,000. Over
 six minutes at maximum rate: at 50,000, 228 to 243 young collections and 4 of generation 1
