@@ -836,8 +836,8 @@ class NodeRuntime:
 
     def _fire(self, timeout: ScheduleTimeout, postponed: bool) -> None:
         # A method, not a closure that re-schedules itself: such a closure refers to itself
-        # through its cell, so every timer left a reference cycle that only the (rarely run,
-        # docs/architecture.md "Validator runtime") older GC generations reclaim.
+        # through its cell, so every timer left a reference cycle that only the cyclic
+        # collector reclaims, and a node runs it rarely (node/cli_node.py, GC_THRESHOLDS).
         if timeout.kind == TimerKind.PROPOSE:
             loop = asyncio.get_running_loop()
             if self._idle():

@@ -463,20 +463,31 @@ def test_a_failing_batch_is_admitted_again_request_by_request_and_stopping_answe
 def test_consensus_timers_are_freed_without_the_cyclic_collector(tmp_path: Path) -> None:
     # Young collections are rare in a node (node/cli_node.py, GC_THRESHOLDS), so a timer
     # that leaves a reference cycle (a closure re-scheduling itself) stays in memory until
-    # one runs: every fired timer must be freed by reference counting alone.
+    # one runs: every fired timer must be freed by reference counting alone, on each path
+    # (a plain timeout; a propose timeout held while the node is idle, then let go).
     generate(tmp_path, validators=4, base_port=free_base_port(8))
     node = NodeRuntime(load_config(tmp_path / "validator-0" / "config.json"))
+    fired: list[Any] = []
+    idle = [True]
+    node._enqueue = fired.append  # type: ignore[method-assign]
+    node._idle = lambda: idle[0]  # type: ignore[method-assign]
+
+    def timeout(height: int, kind: TimerKind) -> ScheduleTimeout:
+        return ScheduleTimeout(height=Height(height), round=Round(0), kind=kind, duration_ms=1)
 
     async def scenario() -> int:
         gc.collect()
         gc.disable()
         try:
             for height in range(1, 301):
-                timeout = ScheduleTimeout(
-                    height=Height(height), round=Round(0), kind=TimerKind.PREVOTE, duration_ms=1
-                )
-                node._schedule(timeout)
+                node._schedule(timeout(height, TimerKind.PREVOTE))
+            for height in range(1, 101):
+                node._schedule(timeout(height, TimerKind.PROPOSE))
+            await asyncio.sleep(0.2)  # the propose timeouts poll while idle
+            assert len(fired) == 300
+            idle[0] = False
             await asyncio.sleep(0.2)
+            assert len(fired) == 400
             return gc.collect()
         finally:
             gc.enable()
@@ -485,7 +496,7 @@ def test_consensus_timers_are_freed_without_the_cyclic_collector(tmp_path: Path)
         unreachable = asyncio.run(scenario())
     finally:
         node.close()
-    assert unreachable < 100, f"{unreachable} objects left in cycles by 300 timers"
+    assert unreachable < 100, f"{unreachable} objects left in cycles by 400 timers"
 
 
 def test_a_second_process_on_the_same_data_dir_is_refused(tmp_path: Path) -> None:

@@ -551,11 +551,17 @@ def test_sqlite_blocks_go_through_one_connection_with_the_large_cache(sqlite_url
     store = SqlStore(sqlite_url, chain_id=TEST_CHAIN_ID, genesis_hash=TEST_GENESIS_HASH)
     event.listen(Engine, "before_cursor_execute", record)
     stop = threading.Event()
+    reads: list[int] = []
+    errors: list[Exception] = []
 
     def read() -> None:
-        while not stop.is_set():
-            store.tip()
-            store.state_get("member/nobody")
+        try:
+            while not stop.is_set():
+                store.tip()
+                store.state_get("member/nobody")
+                reads.append(1)
+        except Exception as error:  # reported by the assertions below
+            errors.append(error)
 
     threads = [threading.Thread(target=read) for _ in range(3)]
     try:
@@ -571,6 +577,7 @@ def test_sqlite_blocks_go_through_one_connection_with_the_large_cache(sqlite_url
             thread.join()
         event.remove(Engine, "before_cursor_execute", record)
         store.close()
+    assert errors == [] and len(reads) > 12
     assert len(writers) == 12
     (writer,) = {connection for connection, _ in writers}
     assert {cache for _, cache in writers} == {-SQLITE_CACHE_KIB}
@@ -603,8 +610,11 @@ def test_a_database_with_foreign_tables_is_refused(sql_url: str) -> None:
 def test_an_unusable_url_is_a_storage_error(tmp_path: Path) -> None:
     with pytest.raises(StorageError, match=r"unsupported database 'mysql'|cannot use database"):
         SqlStore("mysql://nowhere/x", chain_id=TEST_CHAIN_ID, genesis_hash=TEST_GENESIS_HASH)
-    with pytest.raises(StorageError, match="SQLite needs a file"):
-        SqlStore("sqlite://", chain_id=TEST_CHAIN_ID, genesis_hash=TEST_GENESIS_HASH)
+    for memory in ("sqlite://", "sqlite:///:memory:", "sqlite:///file:x?mode=memory&uri=true"):
+        with pytest.raises(StorageError, match="SQLite needs a file"):
+            SqlStore(memory, chain_id=TEST_CHAIN_ID, genesis_hash=TEST_GENESIS_HASH)
+    with pytest.raises(StorageError, match="cannot use database URL"):
+        SqlStore("sqlite:rel.db", chain_id=TEST_CHAIN_ID, genesis_hash=TEST_GENESIS_HASH)
     missing = tmp_path / "no" / "such" / "dir" / "ledger.sqlite"
     with pytest.raises(StorageError, match="cannot open database"):
         SqlStore(f"sqlite:///{missing}", chain_id=TEST_CHAIN_ID, genesis_hash=TEST_GENESIS_HASH)

@@ -213,14 +213,14 @@ class SqlStore(TxSummaryReads):
     ) -> None:
         self._chain_id = chain_id
         self._genesis_hash = genesis_hash
-        self._where = make_url(url).render_as_string(hide_password=True)
         self._write_engine = _create_engine(url, writer=True)
         try:
             self._engine = _create_engine(url, writer=False)
         except BaseException:
             self._write_engine.dispose()
             raise
-        self._writes = _Writes(self._engine.dialect)
+        self._where = self._write_engine.url.render_as_string(hide_password=True)
+        self._writes = _Writes(self._write_engine.dialect)
         try:
             with _database_errors(f"cannot open database {self._where}"):
                 self._open(genesis_state or {})
@@ -239,10 +239,12 @@ class SqlStore(TxSummaryReads):
     # --- opening ---------------------------------------------------------------------------
 
     def _open(self, genesis_state: Mapping[StateKey, StateValue]) -> None:
+        # On the writer, so on SQLite under the write lock (BEGIN IMMEDIATE): two processes
+        # creating the same database cannot both find it empty.
         with self._write_engine.connect() as conn, conn.begin():
             if self._write_engine.dialect.name == "sqlite":
                 mode = conn.exec_driver_sql("PRAGMA journal_mode").scalar()
-                if mode not in ("wal", "memory"):
+                if mode != "wal":
                     raise StorageError(f"{self._where}: SQLite refused WAL mode (mode {mode})")
             present = set(inspect(conn).get_table_names()) & set(metadata.tables)
             if meta_table.name not in present:
@@ -600,7 +602,12 @@ def _create_engine(url: str, *, writer: bool) -> Engine:
     try:
         parsed = make_url(url)
         postgres = parsed.get_backend_name() == "postgresql"
-        if parsed.get_backend_name() == "sqlite" and parsed.database in (None, "", ":memory:"):
+        database = parsed.database or ""
+        if parsed.get_backend_name() == "sqlite" and (
+            database in ("", ":memory:")
+            or database.startswith("file::memory:")
+            or parsed.query.get("mode") == "memory"
+        ):
             raise ValueError(
                 "SQLite needs a file (sqlite:///PATH): an in-memory database is "
                 "private to one connection, and the store uses several"
@@ -615,7 +622,8 @@ def _create_engine(url: str, *, writer: bool) -> Engine:
         engine = create_engine(
             parsed, pool_pre_ping=postgres, paramstyle="format" if postgres else "qmark", **pool
         )
-    except (ArgumentError, ImportError, ValueError) as error:
+    except (ArgumentError, ImportError, ValueError, TypeError) as error:
+        # TypeError: pool options a URL's own pool class refuses.
         raise StorageError(f"cannot use database URL {url!r}: {error}") from error
     if engine.dialect.name == "sqlite":
         cache_kib = SQLITE_CACHE_KIB if writer else SQLITE_READ_CACHE_KIB
