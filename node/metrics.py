@@ -25,8 +25,9 @@ ROUND_BUCKETS = (1, 2, 3, 4, 6, 8, 12, 16)
 
 GC_BUCKETS_S = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0)
 """Garbage-collector pauses, each a stall of the whole node, consensus included: with the
-node's thresholds a young collection comes every few seconds under load and takes about
-100 to 400 ms (it walks the work in flight), a full one over a large heap hundreds."""
+node's thresholds young collections are rare under load (two in six minutes at maximum rate)
+and take about 100 to 400 ms each (they walk the work in flight), a full one over a large
+heap hundreds."""
 
 
 class NodeMetrics:

@@ -628,7 +628,8 @@ def _create_engine(url: str, *, writer: bool) -> Engine:
     if engine.dialect.name == "sqlite":
         cache_kib = SQLITE_CACHE_KIB if writer else SQLITE_READ_CACHE_KIB
         event.listen(engine, "connect", partial(_sqlite_connect, cache_kib=cache_kib))
-        event.listen(engine, "begin", _sqlite_begin_write if writer else _sqlite_begin)
+        begin = "BEGIN IMMEDIATE" if writer else "BEGIN"
+        event.listen(engine, "begin", partial(_sqlite_begin, statement=begin))
     elif engine.dialect.name != "postgresql":
         engine.dispose()
         raise StorageError(
@@ -650,13 +651,10 @@ def _sqlite_connect(dbapi_connection: Any, _connection_record: Any, *, cache_kib
     cursor.close()
 
 
-def _sqlite_begin(conn: Connection) -> None:
-    conn.exec_driver_sql("BEGIN")
-
-
-def _sqlite_begin_write(conn: Connection) -> None:
-    """Take the write lock at once rather than at the first write."""
-    conn.exec_driver_sql("BEGIN IMMEDIATE")
+def _sqlite_begin(conn: Connection, *, statement: str) -> None:
+    """``BEGIN`` for readers; ``BEGIN IMMEDIATE`` for the writer, which takes the write lock
+    at once rather than at the first write."""
+    conn.exec_driver_sql(statement)
 
 
 @contextmanager
