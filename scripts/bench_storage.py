@@ -212,6 +212,7 @@ def bench(
     commit_ms: list[float] = []
     commit_cpu_ms: list[float] = []
     wal_frames: list[int] = []
+    frame_bytes = 0
     build_ms: list[float] = []
     started = time.perf_counter()
     first = maker.next_block()
@@ -232,7 +233,8 @@ def bench(
         commit_ms.append((time.perf_counter() - start) * 1_000)
         commit_cpu_ms.append((time.process_time() - cpu_start) * 1_000)
         if wal is not None:
-            wal_frames.append((wal.stat().st_size - wal_before) // wal_frame_bytes(wal))
+            frame_bytes = frame_bytes or wal_frame_bytes(wal)  # the page size, read once
+            wal_frames.append((wal.stat().st_size - wal_before) // frame_bytes)
             checkpoint(wal)
         record = None
         if number % 50 == 49:
