@@ -133,7 +133,7 @@ def canonical(value: Any, *, depth: int = 0) -> bytes:
     which the nesting limit counts too (a transaction body travels inside frames).
     """
     check_canonical_value(value, depth=depth)
-    return orjson.dumps(value, option=_SORT_KEYS)
+    return _right_sized(orjson.dumps(value, option=_SORT_KEYS))
 
 
 def canonical_trusted(value: Any) -> bytes:
@@ -143,7 +143,20 @@ def canonical_trusted(value: Any) -> bytes:
     for values assembled from already-validated inputs (headers, state records); anything
     that crossed a trust boundary goes through :func:`canonical`.
     """
-    return orjson.dumps(value, option=_SORT_KEYS)
+    return _right_sized(orjson.dumps(value, option=_SORT_KEYS))
+
+
+def _right_sized(data: bytes) -> bytes:
+    """``data`` copied into a ``bytes`` of its own length.
+
+    orjson (3.12 and later) returns its output in the buffer it wrote into, rounded up to a
+    power of two of at least 4 KiB, and never shrinks it: a 400-byte transaction body held
+    in the mempool would keep 4 KiB. Encodings are kept (bodies and envelopes for as long as
+    a transaction is pending, state values until their block is stored), so every one is
+    copied once into an exact allocation; the copy costs about 0.2 us for a body, and small
+    ones land in Python's own allocator instead of a 4 KiB ``malloc`` each.
+    """
+    return bytes(memoryview(data))
 
 
 def splice_list(encoded: bytes, key: str, items: Sequence[bytes]) -> bytes:

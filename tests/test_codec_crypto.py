@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import tracemalloc
 from typing import Any
 
 import pytest
@@ -14,6 +15,7 @@ from node.codec import (
     _explain,
     _in_domain,
     canonical,
+    canonical_trusted,
     check_canonical_value,
     hash_canonical,
     parse_json,
@@ -112,6 +114,24 @@ def same_json(left: Any, right: Any) -> bool:
 def test_fast_path_refuses_what_the_checked_path_refuses(data: bytes) -> None:
     with pytest.raises(EncodingError):
         parse_json(data, what="frame")
+
+
+def test_encodings_hold_no_more_memory_than_their_length() -> None:
+    # Bodies stay in the mempool and state values until their block is stored: an encoding
+    # must not keep the 4 KiB buffer orjson (3.12 and later) writes a 400-byte one into.
+    value = {"payload": {"asset_id": "a" * 64, "note": "n" * 250}, "sender": "acme"}
+    size = len(canonical(value))
+    tracemalloc.start()
+    try:
+        before = tracemalloc.get_traced_memory()[0]
+        kept = [canonical(value) for _ in range(500)]
+        kept += [canonical_trusted(value) for _ in range(500)]
+        held = tracemalloc.get_traced_memory()[0] - before
+    finally:
+        tracemalloc.stop()
+    assert all(len(data) == size for data in kept)
+    # A bytes object costs its length plus a 33-byte header; the list adds 8 bytes an item.
+    assert held < len(kept) * (size + 33 + 8 + 64), f"{held / len(kept):.0f} bytes per encoding"
 
 
 @given(st.dictionaries(st.text(max_size=5), st.integers(0, 9), max_size=6))
