@@ -21,7 +21,7 @@ from node.bench.coop import start_testnet, stop_testnet, wait_started
 from node.bench.engine import Measurement, SeenBlock
 from node.bench.evm import sign_legacy
 from node.bench.profile import summarise
-from node.bench.report import figures, percentile
+from node.bench.report import figures, percentile, rss_growth_mib_per_min
 from node.bench.workload import PATTERN, TXS_PER_PATTERN, lots
 from node.tx import PAYLOAD_CHECKS
 
@@ -64,6 +64,18 @@ def test_report_warns_when_the_window_saw_no_block() -> None:
     full.blocks = [SeenBlock(h, 10.5 + h / 10, 1000 * h, 5, []) for h in range(1, 6)]
     assert figures(full)["warnings"] == []
     assert figures(full)["tx_per_s"] == pytest.approx(25 / 3, rel=0.01)
+
+
+def test_memory_growth_is_the_slope_of_the_second_half() -> None:
+    mib = 1024
+    # Caches filling for the first half (steep), then 3 MiB a minute: one sample every 5 s.
+    filling = [100 * mib + 2_000 * i for i in range(12)]
+    steady = [filling[-1] + round(i * 3 * mib / 12) for i in range(1, 13)]
+    assert rss_growth_mib_per_min(filling + steady, 5.0) == pytest.approx(3.0, abs=0.1)
+    assert rss_growth_mib_per_min([300 * mib] * 24, 5.0) == 0.0
+    # Too few samples to fit, or a validator that was not running for a sample: no figure.
+    assert rss_growth_mib_per_min([300 * mib] * 6, 5.0) is None
+    assert rss_growth_mib_per_min([300 * mib] * 20 + [0] + [300 * mib] * 3, 5.0) is None
 
 
 def test_fast_signer_matches_eth_account() -> None:

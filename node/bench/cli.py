@@ -106,8 +106,9 @@ def show(console: Console, result: dict[str, Any]) -> None:
     table.add_row("load generator CPU", f"{result['load_generator_cpu_percent']} %")
     for node in result["per_validator"]:
         table.add_row(
-            f"{node['name']} CPU / peak RSS",
-            f"{node.get('cpu_percent', '-')} % / {node.get('peak_rss_mib', '-')} MiB",
+            f"{node['name']} CPU / peak RSS / RSS growth",
+            f"{node.get('cpu_percent', '-')} % / {node.get('peak_rss_mib', '-')} MiB / "
+            f"{node.get('rss_growth_mib_per_min', '-')} MiB/min",
         )
     if "anvil" in result:
         for name in ("default", "tuned"):

@@ -95,14 +95,37 @@ def _warnings(m: Measurement) -> list[str]:
     return warnings
 
 
+GROWTH_SAMPLES_MIN = 4
+"""RSS samples the growth figure needs in the second half of the window."""
+
+
+def rss_growth_mib_per_min(timeline_kib: list[int], sample_s: float) -> float | None:
+    """Least-squares slope of RSS over the second half of the window, in MiB a minute.
+
+    The first half is left out: it holds the start-up and the filling of the bounded caches
+    (state values, verified signatures, recent ids), which level off after a minute or two;
+    what still grows after that is what a longer run would keep adding. ``None`` when the
+    second half has fewer than :data:`GROWTH_SAMPLES_MIN` samples, or a sample is missing.
+    """
+    half = timeline_kib[len(timeline_kib) // 2 :]
+    if len(half) < GROWTH_SAMPLES_MIN or 0 in half:
+        return None
+    times = [index * sample_s / 60 for index in range(len(half))]
+    slope = statistics.linear_regression(times, [kib / 1024 for kib in half]).slope
+    return round(slope, 1)
+
+
 def process_figures(
     names: list[str],
     before: list[ProcessSample | None],
     after: list[ProcessSample | None],
     duration_s: float,
     timeline: list[list[int]],
+    *,
+    sample_s: float,
 ) -> list[dict[str, Any]]:
-    """CPU share over the window, peak and current memory, and the RSS timeline (MiB)."""
+    """CPU share over the window, peak and current memory, the RSS timeline (MiB, one
+    sample every ``sample_s``) and its growth over the window's second half."""
     result = []
     for index, name in enumerate(names):
         start, end = before[index], after[index]
@@ -113,5 +136,8 @@ def process_figures(
             entry["rss_mib_end"] = round(end.rss_kib / 1024, 1)
             entry["peak_rss_mib"] = round(end.hwm_kib / 1024, 1)
         entry["rss_mib_timeline"] = [round(kib / 1024) for kib in timeline[index]]
+        growth = rss_growth_mib_per_min(timeline[index], sample_s)
+        if growth is not None:
+            entry["rss_growth_mib_per_min"] = growth
         result.append(entry)
     return result

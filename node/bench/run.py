@@ -182,6 +182,7 @@ async def _measure(  # noqa: PLR0917 (one call site, the run's parts)
         window["after"],
         result["duration_s"],
         timeline,
+        sample_s=MEMORY_SAMPLE_S,
     )
     result["load_generator_cpu_percent"] = round(
         100 * client_cpu_s / (options.warmup_s + options.duration_s), 1
