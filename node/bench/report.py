@@ -112,7 +112,7 @@ def rss_growth_mib_per_min(timeline_kib: list[int], sample_s: float) -> float | 
         return None
     times = [index * sample_s / 60 for index in range(len(half))]
     slope = statistics.linear_regression(times, [kib / 1024 for kib in half]).slope
-    return round(slope, 1)
+    return round(slope, 1) + 0.0  # + 0.0: no -0.0 for a flat line
 
 
 def process_figures(
