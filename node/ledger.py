@@ -3,9 +3,8 @@
 Theory of operation. A :class:`Ledger` wraps a :class:`~node.storage.BlockStore` and keeps
 three things in memory that make execution fast and deterministic:
 
-* the top of the state-root tree (:class:`~node.smt.StateTree`, a fixed 4.5 MiB), rebuilt
-  from the state table's key and value hashes at start-up; the entries below it are read back
-  from the store by key-hash range for the buckets a block changes;
+* the state-root tree (:class:`~node.smt.SparseMerkleTree`), rebuilt from the state table at
+  start-up and updated by each block's changes only (O(changes x log N));
 * the deduplication index of unexpired committed ``tx_id``s;
 * a bounded cache of state values, filled by one batched read per block.
 
@@ -35,13 +34,7 @@ from node.invariant import invariant
 from node.merkle import MerkleTree, tx_leaf
 from node.records import BlockRecord, StateKey, StateValue, TxRecord
 from node.rules import OK, BlockContext, Outcome, apply_transaction, genesis_changes
-from node.smt import (
-    MemoryLeaves,
-    StateProof,
-    StateTree,
-    state_key_hash,
-    state_value_hash,
-)
+from node.smt import SparseMerkleTree, StateProof, state_key_hash, state_value_hash
 from node.state import ChangeSet
 from node.storage import BlockStore
 from node.tx import DedupIndex, Transaction, check_signature, check_window, parse_envelope
@@ -79,26 +72,14 @@ class ExecutedBlock:
 
 
 class _CachedReader:
-    """Reads the committed state: the store's, or the genesis state before block 1 is stored.
+    """Reads state through a bounded cache in front of the store (or the genesis state)."""
 
-    Values go through a bounded cache. Key and value hashes (the state tree's
-    :class:`~node.smt.LeafSource`) are read straight from the store.
-    """
-
-    __slots__ = ("_cache", "_genesis_leaves", "_genesis_values", "_store")
+    __slots__ = ("_cache", "_genesis_values", "_store")
 
     def __init__(self, store: BlockStore, genesis_values: dict[StateKey, StateValue] | None):
         self._store = store
         self._genesis_values = genesis_values
-        self._genesis_leaves = (
-            None if genesis_values is None else MemoryLeaves(_state_hashes(genesis_values))
-        )
         self._cache: OrderedDict[StateKey, StateValue | None] = OrderedDict()
-
-    def state_hashes(self, ranges: Sequence[tuple[bytes, bytes]]) -> list[tuple[bytes, bytes]]:
-        if self._genesis_leaves is not None:
-            return self._genesis_leaves.state_hashes(ranges)
-        return self._store.state_hashes(ranges)
 
     def get(self, key: StateKey) -> StateValue | None:
         if key in self._cache:
@@ -120,9 +101,7 @@ class _CachedReader:
             self._remember(key, found.get(key))
 
     def applied(self, changes: dict[StateKey, StateValue | None]) -> None:
-        """A block's changes are stored: remember them, and read the store from now on."""
         self._genesis_values = None
-        self._genesis_leaves = None
         for key, value in changes.items():
             self._remember(key, value)
 
@@ -131,10 +110,6 @@ class _CachedReader:
         self._cache.move_to_end(key)
         while len(self._cache) > STATE_CACHE_ENTRIES_MAX:
             self._cache.popitem(last=False)
-
-
-def _state_hashes(values: dict[StateKey, StateValue]) -> list[tuple[bytes, bytes]]:
-    return [(state_key_hash(key), state_value_hash(value)) for key, value in values.items()]
 
 
 def _payload_keys(body: dict[str, Any]) -> list[StateKey]:
@@ -171,28 +146,34 @@ class Ledger:
             self.height = 0
             self.last_block_hash = genesis.hash
             self.last_timestamp_ms = genesis.genesis_time_ms
+            self._tree = SparseMerkleTree.from_items(
+                (state_key_hash(k), state_value_hash(v)) for k, v in genesis_values.items()
+            )
             self._reader = _CachedReader(store, genesis_values)
-            self._tree = StateTree.build(self._reader, sorted(_state_hashes(genesis_values)))
         else:
             self.height = tip.height
             self.last_block_hash = tip.block_hash
             self.last_timestamp_ms = tip.header["timestamp_ms"]
+            self._tree = SparseMerkleTree.from_items(
+                (state_key_hash(k), state_value_hash(v)) for k, v in store.iter_state()
+            )
             self._reader = _CachedReader(store, None)
-            self._tree = StateTree.build(self._reader, store.iter_state_hashes())
             invariant(
                 self._tree.root().hex() == tip.header["state_root"],
                 "the stored state does not match the tip's state_root",
             )
         self._recent = DedupIndex(RECENT_TX_IDS_MAX, complete_above_ms=store.latest_expiry_ms())
         """Recently committed tx ids: the fast front of the store's deduplication index."""
-        self._pending: str | None = None
-        """The hash of the executed, uncommitted block whose changes the tree has staged."""
+        self._pending: tuple[str, dict[bytes, bytes | None], dict[bytes, bytes | None]] | None = (
+            None
+        )
+        """The executed, uncommitted block applied to the tree: its hash, the changes that
+        undo it and the changes that redo it."""
 
     # --- reads ---------------------------------------------------------------------------
 
     @property
     def state_root(self) -> str:
-        """The state root of block :attr:`height` (not of a block executed since)."""
         return self._tree.root().hex()
 
     def state_get(self, key: StateKey) -> StateValue | None:
@@ -207,9 +188,16 @@ class Ledger:
         The root is the ``state_root`` of block :attr:`height`; the proof shows inclusion of
         the value, or the key's absence.
         """
-        # The tree proves the committed state also while a block is staged, even one whose
-        # rows the store is writing right now.
-        return self._reader.get(key), self._tree.prove(state_key_hash(key))
+        if self._pending is None:
+            return self._reader.get(key), self._tree.prove(state_key_hash(key))
+        # A block is executed (perhaps being written right now): prove against the
+        # committed tree, then put the block's changes back.
+        _, inverse, forward = self._pending
+        self._tree.update(inverse)
+        try:
+            return self._reader.get(key), self._tree.prove(state_key_hash(key))
+        finally:
+            self._tree.update(forward)
 
     def committed_among(self, txs: Sequence[Transaction]) -> set[str]:
         """The ids of those of ``txs`` committed and not yet expired: the replay check.
@@ -342,7 +330,8 @@ class Ledger:
             state_key_hash(key): None if data is None else sha256(data)
             for key, data in encoded.items()
         }
-        state_root = self._tree.stage(tree_changes).hex()
+        inverse = {key_hash: self._tree.get(key_hash) for key_hash in tree_changes}
+        state_root = self._tree.update(tree_changes).hex()
         tx_root = MerkleTree(
             [tx_leaf(tx.tx_id, outcome.code) for tx, outcome in zip(txs, outcomes, strict=True)]
         ).root()
@@ -358,7 +347,7 @@ class Ledger:
             "tx_count": len(txs),
         }
         hash_ = block_hash(header)
-        self._pending = hash_
+        self._pending = (hash_, inverse, tree_changes)
         return ExecutedBlock(
             header=header,
             block_hash=hash_,
@@ -370,7 +359,7 @@ class Ledger:
 
     def _revert_pending(self) -> None:
         if self._pending is not None:
-            self._tree.discard()
+            self._tree.update(self._pending[1])
             self._pending = None
 
     # --- commit ------------------------------------------------------------------------------
@@ -391,7 +380,7 @@ class Ledger:
         """
         verify_commit(self.genesis, commit, executed.block_hash, executed.height)
         invariant(executed.height == self.height + 1, "commit out of order")
-        if self._pending != executed.block_hash:
+        if self._pending is None or self._pending[0] != executed.block_hash:
             # Another block was executed since (a different round's proposal): redo this one.
             redone = self.execute(
                 executed.txs,
@@ -405,12 +394,11 @@ class Ledger:
     def finish_commit(self, executed: ExecutedBlock) -> None:
         """After the record of ``executed`` is durably stored: advance the ledger to it."""
         invariant(
-            self._pending == executed.block_hash,
+            self._pending is not None and self._pending[0] == executed.block_hash,
             "finish_commit without the block's prepare_commit",
         )
         self._pending = None
         self._reader.applied(executed.changes)
-        self._tree.commit()
         self.height = executed.height
         self.last_block_hash = executed.block_hash
         self.last_timestamp_ms = executed.header["timestamp_ms"]

@@ -16,23 +16,24 @@ Rules (docs/architecture.md, "State root and state proofs", states them for veri
 This is the binary form of Diem/Aptos's Jellyfish Merkle tree. The shape is a function of
 the set of keys alone, so the root does not depend on insertion order or batch boundaries.
 
-Theory of operation. Only the top of the tree is kept in memory, down to a fixed depth (16
-levels, 4.5 MiB); below it the entries are read from a :class:`LeafSource` (the store's state
-table, ordered by key hash) when a block changes them or a proof passes through them, so a
-validator's memory does not grow with the state. :class:`StateTree` explains the layout; a
-block's changes are *staged* (the root they give, the committed tree untouched) and then
-committed or discarded, as consensus decides.
+Theory of operation. The nodes live in flat arenas (a ``bytearray`` of internal hashes, an
+``array`` of child references, a ``bytearray`` of leaves), not one Python object each: this
+keeps a million entries near 130 MB and out of the cyclic garbage collector's way (see the
+comment above :class:`_Arena`). An update sorts its batch once and walks down from the root,
+splitting the batch at each internal node by bisecting the keys as 256-bit integers, so each
+touched node is visited and rehashed once: O(changes x log N) hashes per block. Where the
+walk reaches a leaf or an empty subtree, the few entries there are rebuilt into a subtree;
+on the way back up, a node left with a single leaf is replaced by that leaf.
 """
 
 from __future__ import annotations
 
 import hashlib
-import heapq
 from array import array
-from bisect import bisect_left, bisect_right
-from collections.abc import Iterable, Iterator, Mapping, Sequence
+from bisect import bisect_left
+from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass
-from typing import Any, Protocol
+from typing import Any
 
 from node.codec import canonical, is_hex
 from node.errors import ProofError
@@ -222,349 +223,417 @@ def _common_prefix_bits(first: bytes, second: bytes) -> int:
 
 # --- the tree ---------------------------------------------------------------------------
 #
-# Layout. The tree is cut at depth ``bucket_bits`` (16 by default) into 2**bucket_bits
-# *buckets*: bucket ``b`` holds the entries whose key hashes start with the bits of ``b``.
-# Above the cut, every node of the complete binary tree is kept in memory as a heap (node
-# ``i`` has children ``2i`` and ``2i + 1``; the root is node 1, bucket ``b`` is node
-# ``2**bucket_bits + b``), each as its subtree's hash and entry count. With the counts the
-# compact rules need no special cases: a node with no entries hashes to EMPTY_HASH, one with
-# a single entry to that entry's leaf hash (its non-empty child's hash), and one with two
-# or more to ``SHA-256(0x01 || left || right)``. That is 4.5 MiB whatever the state's size (9 MiB
-# with the staged copy).
+# Storage. Nodes live in three flat arenas instead of one Python object each: at a million
+# entries a tuple per node costs about twice the memory, and CPython's cyclic collector
+# keeps traversing those tuples, which showed as full collections of 50-100 ms every few
+# blocks. A node is named by an integer reference:
 #
-# Below the cut nothing is kept: a bucket's subtree is rebuilt from its entries, read from a
-# LeafSource (the store's state table, ordered by key hash), whenever a block changes it or
-# a proof passes through it. At a million entries a bucket holds about 15, so a block of
-# 1,000 changes reads about 1,000 short ranges and rehashes about 30,000 nodes: the same
-# order of work as an in-memory tree, for a memory that does not grow with the state.
+#   ref == 0   the empty subtree;
+#   ref > 0    internal node ``ref``: its hash is ``hashes[32 ref : 32 ref + 32]``, its
+#              children ``children[2 ref]`` and ``children[2 ref + 1]``;
+#   ref < 0    leaf ``-ref``: ``leaves[64 (-ref) : 64 (-ref) + 64]`` is key_hash || value_hash.
 #
-# Staging. ``stage`` copies the committed arrays into a second pair (two memory copies, about
-# a millisecond) and writes the block's nodes there. ``commit`` swaps the pairs, once the
-# source holds the block's entries; ``discard`` forgets the staged pair. Proofs always describe
-# the committed state: while a block is staged, the source may already hold its entries
-# (its database transaction commits before the ledger advances), so reads for proofs put
-# the staged keys' committed hashes back.
+# Slot 0 of each arena is never used, so that 0 can mean empty. Slots freed by an update go
+# to a free list and are reused. A leaf's hash is not stored: it is one sha256 call away,
+# and storing it would add 32 bytes to every entry.
 
-BUCKET_BITS = 16
-"""Depth of the cut between the in-memory top of the tree and the buckets read on demand:
-65,536 buckets, 4.5 MiB of nodes above them (twice: committed and staged). The root does
-not depend on it."""
-
-_BUCKET_BITS_MAX = 24
+_REF_MAX = 2**31 - 1
+"""References are stored in ``array('i')``; a tree never needs two billion nodes."""
 
 
-class LeafSource(Protocol):
-    """Where a :class:`StateTree` reads the committed entries below its cut."""
+class _Arena:
+    """The three arenas and their free lists, with the node operations updates need."""
 
-    def state_hashes(self, ranges: Sequence[tuple[bytes, bytes]]) -> list[tuple[bytes, bytes]]:
-        """Every ``(key_hash, value_hash)`` with ``low <= key_hash <= high`` for one of the
-        disjoint inclusive ``ranges``, sorted by key hash."""
-        ...
+    __slots__ = ("children", "free_leaves", "free_nodes", "hashes", "leaves")
+
+    def __init__(self) -> None:
+        self.hashes = bytearray(HASH_BYTES)
+        self.children = array("i", (0, 0))
+        self.leaves = bytearray(2 * HASH_BYTES)
+        self.free_nodes: list[int] = []
+        self.free_leaves: list[int] = []
+
+    def copy(self) -> _Arena:
+        twin = _Arena()
+        twin.hashes = bytearray(self.hashes)
+        twin.children = array("i", self.children)
+        twin.leaves = bytearray(self.leaves)
+        twin.free_nodes = list(self.free_nodes)
+        twin.free_leaves = list(self.free_leaves)
+        return twin
+
+    def hash_of(self, ref: int) -> bytes:
+        if ref > 0:
+            offset = ref << 5
+            return bytes(self.hashes[offset : offset + 32])
+        if ref < 0:
+            offset = -ref << 6
+            return hashlib.sha256(_LEAF_PREFIX + self.leaves[offset : offset + 64]).digest()
+        return EMPTY_HASH
+
+    def new_leaf(self, leaf: bytes) -> int:
+        if self.free_leaves:
+            slot = self.free_leaves.pop()
+            offset = slot << 6
+            self.leaves[offset : offset + 64] = leaf
+        else:
+            slot = len(self.leaves) >> 6
+            invariant(slot < _REF_MAX, "state tree leaf arena full")
+            self.leaves += leaf
+        return -slot
+
+    def new_node(
+        self, left: int, left_hash: bytes, right: int, right_hash: bytes
+    ) -> tuple[int, bytes]:
+        """An internal node over children whose hashes the caller knows; with its hash."""
+        node_hash = hashlib.sha256(_NODE_PREFIX + left_hash + right_hash).digest()
+        if self.free_nodes:
+            ref = self.free_nodes.pop()
+            self.children[ref << 1] = left
+            self.children[(ref << 1) + 1] = right
+            self.hashes[ref << 5 : (ref << 5) + 32] = node_hash
+        else:
+            ref = len(self.children) >> 1
+            invariant(ref < _REF_MAX, "state tree node arena full")
+            self.children.append(left)
+            self.children.append(right)
+            self.hashes += node_hash
+        return ref, node_hash
+
+    def build(
+        self, key_ints: list[int], refs: list[int], low: int, high: int, depth: int
+    ) -> tuple[int, bytes]:
+        """The subtree at ``depth`` over the sorted, distinct leaves ``refs[low:high]``."""
+        if high - low <= 1:
+            if high == low:
+                return 0, EMPTY_HASH
+            ref = refs[low]
+            return ref, self.hash_of(ref)
+        middle = _split(key_ints, low, high, depth)
+        left, left_hash = self.build(key_ints, refs, low, middle, depth + 1)
+        right, right_hash = self.build(key_ints, refs, middle, high, depth + 1)
+        return self.new_node(left, left_hash, right, right_hash)
 
 
-class MemoryLeaves:
-    """A :class:`LeafSource` held in memory: a sorted list of key hashes and their values."""
+def _split(key_ints: list[int], low: int, high: int, depth: int) -> int:
+    """First position in ``key_ints[low:high]`` whose bit ``depth`` is 1.
 
-    __slots__ = ("_keys", "_values")
+    The keys in the range share their first ``depth`` bits and are sorted, so those with bit
+    ``depth`` clear come first; the threshold is the shared prefix followed by a 1 bit.
+    """
+    shift = KEY_BITS - 1 - depth
+    threshold = ((key_ints[low] >> shift) | 1) << shift
+    return bisect_left(key_ints, threshold, low, high)
 
-    def __init__(self, items: Iterable[tuple[bytes, bytes]] = ()) -> None:
-        self._values: dict[bytes, bytes] = {}
-        self._keys: list[bytes] = []
-        self.apply(dict(items))
+
+class _Batch:
+    """One sorted batch of changes being applied to an arena, in one walk from the root."""
+
+    __slots__ = ("arena", "key_ints", "leaves", "size_delta")
+
+    def __init__(self, arena: _Arena, key_ints: list[int], leaves: list[bytes | None]) -> None:
+        self.arena = arena
+        self.key_ints = key_ints
+        self.leaves = leaves  # key_hash || value_hash, or None to delete
+        self.size_delta = 0  # entries added minus entries removed
+
+    def apply(self, ref: int, low: int, high: int, depth: int) -> int:
+        """Subtree ``ref`` (at ``depth``) with the changes ``[low, high)`` applied."""
+        if high - low == 1:
+            return self._apply_one(ref, low, depth)
+        if ref <= 0:
+            return self._merge(ref, low, high, depth)
+        # The hot loop of a block: _split and _Arena.hash_of are inlined here.
+        key_ints = self.key_ints
+        shift = KEY_BITS - 1 - depth
+        middle = bisect_left(key_ints, ((key_ints[low] >> shift) | 1) << shift, low, high)
+        arena = self.arena
+        children = arena.children
+        position = ref << 1
+        left = children[position]
+        right = children[position + 1]
+        if low < middle:
+            left = self.apply(left, low, middle, depth + 1)
+        if middle < high:
+            right = self.apply(right, middle, high, depth + 1)
+        if (left == 0 and right <= 0) or (right == 0 and left < 0):
+            # At most one leaf is left under this node: the leaf (or nothing) replaces it.
+            arena.free_nodes.append(ref)
+            return left or right
+        children[position] = left
+        children[position + 1] = right
+        hashes = arena.hashes
+        sha256 = hashlib.sha256
+        if left > 0:
+            left_hash: bytes | bytearray = hashes[left << 5 : (left << 5) + 32]
+        elif left < 0:
+            left_hash = sha256(_LEAF_PREFIX + arena.leaves[-left << 6 : (-left << 6) + 64]).digest()
+        else:
+            left_hash = EMPTY_HASH
+        if right > 0:
+            right_hash: bytes | bytearray = hashes[right << 5 : (right << 5) + 32]
+        elif right < 0:
+            right_hash = sha256(
+                _LEAF_PREFIX + arena.leaves[-right << 6 : (-right << 6) + 64]
+            ).digest()
+        else:
+            right_hash = EMPTY_HASH
+        # Always rehash, even if no child reference changed: a leaf below may have changed
+        # its value in place.
+        hashes[ref << 5 : (ref << 5) + 32] = sha256(_NODE_PREFIX + left_hash + right_hash).digest()
+        return ref
+
+    def _apply_one(self, ref: int, position: int, depth: int) -> int:
+        """Subtree ``ref`` with the single change ``position``: a loop down and back up.
+
+        Below the top levels that a block's changes share, most nodes lie on the path of one
+        change only; walking that path in a loop (no recursion, no bisection, the child's
+        hash carried up instead of read back) is the main saving of a block update.
+        """
+        arena = self.arena
+        children = arena.children
+        hashes = arena.hashes
+        key_int = self.key_ints[position]
+        path: list[int] = []
+        shift = KEY_BITS - 1 - depth
+        while ref > 0:
+            ref_position = (ref << 1) | ((key_int >> shift) & 1)
+            path.append(ref_position)
+            ref = children[ref_position]
+            shift -= 1
+        ref, child_hash = self._merge_one(ref, position, KEY_BITS - 1 - shift)
+        sha256 = hashlib.sha256
+        for ref_position in reversed(path):
+            sibling = children[ref_position ^ 1]
+            parent = ref_position >> 1
+            if (ref == 0 and sibling <= 0) or (sibling == 0 and ref < 0):
+                # At most one leaf is left under the parent: it takes the parent's place.
+                arena.free_nodes.append(parent)
+                if ref == 0:
+                    ref = sibling
+                    child_hash = arena.hash_of(sibling)
+                continue
+            children[ref_position] = ref
+            if sibling > 0:
+                sibling_hash: bytes | bytearray = hashes[sibling << 5 : (sibling << 5) + 32]
+            elif sibling < 0:
+                sibling_hash = sha256(
+                    _LEAF_PREFIX + arena.leaves[-sibling << 6 : (-sibling << 6) + 64]
+                ).digest()
+            else:
+                sibling_hash = EMPTY_HASH
+            if ref_position & 1:
+                child_hash = sha256(_NODE_PREFIX + sibling_hash + child_hash).digest()
+            else:
+                child_hash = sha256(_NODE_PREFIX + child_hash + sibling_hash).digest()
+            hashes[parent << 5 : (parent << 5) + 32] = child_hash
+            ref = parent
+        return ref
+
+    def _merge_one(self, ref: int, position: int, depth: int) -> tuple[int, bytes]:
+        """A leaf or empty subtree with the single change ``position``; with its hash."""
+        arena = self.arena
+        leaf = self.leaves[position]
+        if ref == 0:
+            if leaf is None:
+                return 0, EMPTY_HASH
+            self.size_delta += 1
+            return arena.new_leaf(leaf), hashlib.sha256(_LEAF_PREFIX + leaf).digest()
+        offset = -ref << 6
+        resident = bytes(arena.leaves[offset : offset + 64])
+        resident_hash = hashlib.sha256(_LEAF_PREFIX + resident).digest()
+        resident_key = int.from_bytes(resident[:HASH_BYTES], "big")
+        key_int = self.key_ints[position]
+        if resident_key == key_int:
+            if leaf is None:
+                arena.free_leaves.append(-ref)
+                self.size_delta -= 1
+                return 0, EMPTY_HASH
+            arena.leaves[offset : offset + 64] = leaf
+            return ref, hashlib.sha256(_LEAF_PREFIX + leaf).digest()
+        if leaf is None:
+            return ref, resident_hash
+        self.size_delta += 1
+        new_ref = arena.new_leaf(leaf)
+        new_hash = hashlib.sha256(_LEAF_PREFIX + leaf).digest()
+        # The two leaves part at the first bit where their keys differ; above that, down
+        # from ``depth``, a chain of internal nodes with one empty side leads to them.
+        split_depth = KEY_BITS - (resident_key ^ key_int).bit_length()
+        if (key_int >> (KEY_BITS - 1 - split_depth)) & 1:
+            node_ref, node_hash = arena.new_node(ref, resident_hash, new_ref, new_hash)
+        else:
+            node_ref, node_hash = arena.new_node(new_ref, new_hash, ref, resident_hash)
+        for chain_depth in range(split_depth - 1, depth - 1, -1):
+            if (key_int >> (KEY_BITS - 1 - chain_depth)) & 1:
+                node_ref, node_hash = arena.new_node(0, EMPTY_HASH, node_ref, node_hash)
+            else:
+                node_ref, node_hash = arena.new_node(node_ref, node_hash, 0, EMPTY_HASH)
+        return node_ref, node_hash
+
+    def _merge(self, ref: int, low: int, high: int, depth: int) -> int:
+        """A leaf or an empty subtree with changes: rebuild it from the entries that remain."""
+        arena = self.arena
+        key_ints: list[int] = []
+        refs: list[int] = []
+        resident_key = -1
+        if ref < 0:
+            offset = -ref << 6
+            resident_key = int.from_bytes(arena.leaves[offset : offset + 32], "big")
+        for position in range(low, high):
+            key_int = self.key_ints[position]
+            leaf = self.leaves[position]
+            if resident_key != -1 and resident_key < key_int:
+                key_ints.append(resident_key)
+                refs.append(ref)
+                resident_key = -1
+            if key_int == resident_key:
+                resident_key = -1
+                if leaf is None:
+                    arena.free_leaves.append(-ref)
+                    self.size_delta -= 1
+                else:
+                    offset = -ref << 6
+                    arena.leaves[offset : offset + 64] = leaf
+                    key_ints.append(key_int)
+                    refs.append(ref)
+            elif leaf is not None:
+                key_ints.append(key_int)
+                refs.append(arena.new_leaf(leaf))
+                self.size_delta += 1
+        if resident_key != -1:
+            key_ints.append(resident_key)
+            refs.append(ref)
+        return arena.build(key_ints, refs, 0, len(refs), depth)[0]
+
+
+class SparseMerkleTree:
+    """The ledger state's hash tree: ``key_hash -> value_hash``, with an O(log N) root update.
+
+    Not thread-safe: one writer (the ledger) at a time.
+    """
+
+    __slots__ = ("_arena", "_root", "_size")
+
+    def __init__(self) -> None:
+        self._arena = _Arena()
+        self._root = 0
+        self._size = 0
+
+    @classmethod
+    def from_items(cls, items: Iterable[tuple[bytes, bytes]]) -> SparseMerkleTree:
+        """A tree of the given ``(key_hash, value_hash)`` pairs, built in one bottom-up pass.
+
+        Sorting once and creating each node once is several times faster than inserting the
+        entries one by one. Each key must appear once.
+        """
+        leaves = []
+        for key_hash, value_hash in items:
+            invariant(
+                len(key_hash) == HASH_BYTES and len(value_hash) == HASH_BYTES,
+                "state tree entries are 32-byte key and value hashes",
+            )
+            leaves.append(key_hash + value_hash)
+        leaves.sort()
+        key_ints = [int.from_bytes(leaf[:HASH_BYTES], "big") for leaf in leaves]
+        for position in range(1, len(key_ints)):
+            invariant(key_ints[position - 1] != key_ints[position], "duplicate state key hash")
+        invariant(len(leaves) < _REF_MAX, "too many state entries for one tree")
+        tree = cls()
+        # The sorted leaves fill the leaf arena in order: leaf slot i + 1 is leaves[i].
+        tree._arena.leaves += b"".join(leaves)
+        del leaves
+        refs = list(range(-1, -len(key_ints) - 1, -1))
+        tree._root = tree._arena.build(key_ints, refs, 0, len(refs), 0)[0]
+        tree._size = len(refs)
+        return tree
+
+    def copy(self) -> SparseMerkleTree:
+        """An independent tree with the same entries (a few bulk memory copies)."""
+        twin = SparseMerkleTree()
+        twin._arena = self._arena.copy()
+        twin._root = self._root
+        twin._size = self._size
+        return twin
 
     def __len__(self) -> int:
-        return len(self._keys)
+        return self._size
+
+    def root(self) -> bytes:
+        """The state root: 32 zero bytes for the empty state."""
+        return self._arena.hash_of(self._root)
+
+    def update(self, changes: Mapping[bytes, bytes | None]) -> bytes:
+        """Apply one batch (``key_hash -> value_hash``, ``None`` deletes) and return the root.
+
+        The batch is sorted once and applied in one walk that visits each touched node once,
+        so a block's changes share the work of the nodes above them. Deleting an absent key
+        is a no-op.
+        """
+        if not changes:
+            return self.root()
+        key_hashes = sorted(changes)
+        leaves: list[bytes | None] = []
+        for key_hash in key_hashes:
+            value_hash = changes[key_hash]
+            invariant(len(key_hash) == HASH_BYTES, "state key hashes are 32 bytes")
+            if value_hash is None:
+                leaves.append(None)
+            else:
+                invariant(len(value_hash) == HASH_BYTES, "state value hashes are 32 bytes")
+                leaves.append(key_hash + value_hash)
+        key_ints = [int.from_bytes(key_hash, "big") for key_hash in key_hashes]
+        batch = _Batch(self._arena, key_ints, leaves)
+        self._root = batch.apply(self._root, 0, len(leaves), 0)
+        self._size += batch.size_delta
+        invariant(self._size >= 0, "state tree size went negative")
+        return self.root()
+
+    def _walk(self, key_hash: bytes, siblings: list[bytes] | None) -> int:
+        """The reference where ``key_hash``'s path ends (a leaf or empty), noting siblings."""
+        invariant(len(key_hash) == HASH_BYTES, "state key hashes are 32 bytes")
+        arena = self._arena
+        children = arena.children
+        key_int = int.from_bytes(key_hash, "big")
+        ref = self._root
+        shift = KEY_BITS - 1
+        while ref > 0:
+            position = (ref << 1) | ((key_int >> shift) & 1)
+            if siblings is not None:
+                siblings.append(arena.hash_of(children[position ^ 1]))
+            ref = children[position]
+            shift -= 1
+        return ref
+
+    def _leaf(self, ref: int) -> tuple[bytes, bytes]:
+        offset = -ref << 6
+        leaf = bytes(self._arena.leaves[offset : offset + 64])
+        return leaf[:HASH_BYTES], leaf[HASH_BYTES:]
+
+    def get(self, key_hash: bytes) -> bytes | None:
+        """The value hash stored under ``key_hash``, or ``None``."""
+        ref = self._walk(key_hash, None)
+        if ref < 0:
+            leaf_key, value_hash = self._leaf(ref)
+            if leaf_key == key_hash:
+                return value_hash
+        return None
+
+    def prove(self, key_hash: bytes) -> StateProof:
+        """A proof of what the tree holds at ``key_hash``: its leaf, or its absence."""
+        siblings: list[bytes] = []
+        ref = self._walk(key_hash, siblings)
+        siblings.reverse()
+        leaf = StateLeaf(*self._leaf(ref)) if ref < 0 else None
+        return StateProof(leaf=leaf, siblings=tuple(siblings))
 
     def items(self) -> Iterator[tuple[bytes, bytes]]:
         """Every ``(key_hash, value_hash)`` in key order."""
-        values = self._values
-        return ((key, values[key]) for key in self._keys)
-
-    def state_hashes(self, ranges: Sequence[tuple[bytes, bytes]]) -> list[tuple[bytes, bytes]]:
-        keys, values = self._keys, self._values
-        found = []
-        for low, high in sorted(ranges):
-            for position in range(bisect_left(keys, low), bisect_right(keys, high)):
-                found.append((keys[position], values[keys[position]]))
-        return found
-
-    def apply(self, changes: Mapping[bytes, bytes | None]) -> None:
-        """Set (or with ``None`` delete) entries; one merge of the key list per call."""
-        for key, value in changes.items():
-            _check_entry(key, value)
-        values = self._values
-        added = sorted(key for key, value in changes.items() if value is not None)
-        added = [key for key in added if key not in values]
-        removed = {key for key, value in changes.items() if value is None and key in values}
-        for key, value in changes.items():
-            if value is None:
-                values.pop(key, None)
-            else:
-                values[key] = value
-        if removed:
-            self._keys = [key for key in self._keys if key not in removed]
-        if added:
-            self._keys = list(heapq.merge(self._keys, added))
-
-
-def _check_entry(key_hash: bytes, value_hash: bytes | None) -> None:
-    invariant(
-        isinstance(key_hash, bytes) and len(key_hash) == HASH_BYTES,
-        "state key hashes are 32 bytes",
-    )
-    invariant(
-        value_hash is None or (isinstance(value_hash, bytes) and len(value_hash) == HASH_BYTES),
-        "state value hashes are 32 bytes",
-    )
-
-
-def _range_of(prefix: int, depth: int) -> tuple[bytes, bytes]:
-    """The inclusive key-hash range of the subtree at ``depth`` whose path is ``prefix``."""
-    shift = KEY_BITS - depth
-    low = prefix << shift
-    return low.to_bytes(HASH_BYTES, "big"), (low | ((1 << shift) - 1)).to_bytes(HASH_BYTES, "big")
-
-
-def _subtree_hash(
-    key_ints: list[int], leaves: list[bytes], low: int, high: int, depth: int
-) -> bytes:
-    """Hash of the subtree at ``depth`` over the sorted entries ``[low, high)`` (which share
-    their first ``depth`` bits); ``leaves[i]`` is entry ``i``'s ``key_hash || value_hash``."""
-    if high - low <= 1:
-        if high == low:
-            return EMPTY_HASH
-        return hashlib.sha256(_LEAF_PREFIX + leaves[low]).digest()
-    shift = KEY_BITS - 1 - depth
-    middle = bisect_left(key_ints, ((key_ints[low] >> shift) | 1) << shift, low, high)
-    left = _subtree_hash(key_ints, leaves, low, middle, depth + 1)
-    right = _subtree_hash(key_ints, leaves, middle, high, depth + 1)
-    return hashlib.sha256(_NODE_PREFIX + left + right).digest()
-
-
-def _entries_hash(entries: Sequence[tuple[bytes, bytes]], depth: int) -> bytes:
-    """Hash of the subtree at ``depth`` over sorted ``(key_hash, value_hash)`` entries."""
-    if len(entries) == 1:
-        key_hash, value_hash = entries[0]
-        return hashlib.sha256(_LEAF_PREFIX + key_hash + value_hash).digest()
-    key_ints = [int.from_bytes(key_hash, "big") for key_hash, _ in entries]
-    leaves = [key_hash + value_hash for key_hash, value_hash in entries]
-    return _subtree_hash(key_ints, leaves, 0, len(entries), depth)
-
-
-def _write_nodes(
-    hashes: bytearray, counts: array[int], buckets: Mapping[int, tuple[bytes, int]], bits: int
-) -> None:
-    """Set the given bucket nodes of a tree's arrays and recompute the nodes above them."""
-    sha256 = hashlib.sha256
-    for node, (node_hash, count) in buckets.items():
-        hashes[node << 5 : (node << 5) + HASH_BYTES] = node_hash
-        counts[node] = count
-    level = set(buckets)
-    for _ in range(bits):
-        level = {node >> 1 for node in level}
-        for node in level:
-            # The compact rules by the counts. Children 2n and 2n + 1 sit side by side, so
-            # their two hashes are one 64-byte slice.
-            left_count = counts[node << 1]
-            count = left_count + counts[(node << 1) | 1]
-            offset = node << 6
-            if count >= 2:
-                node_hash = sha256(_NODE_PREFIX + hashes[offset : offset + 64]).digest()
-            elif count == 1:
-                offset += 0 if left_count else HASH_BYTES
-                node_hash = bytes(hashes[offset : offset + HASH_BYTES])
-            else:
-                node_hash = EMPTY_HASH
-            hashes[node << 5 : (node << 5) + HASH_BYTES] = node_hash
-            counts[node] = count
-
-
-class StateTree:
-    """The ledger state's hash tree, ``key_hash -> value_hash``, its leaves in a LeafSource.
-
-    Memory is fixed by ``bucket_bits`` (about ``2**(bucket_bits + 1) * 40`` bytes), not by the
-    state's size. A block's root costs O(changes x (log N + entries per bucket)) hashes and
-    one batched read of the buckets it changes. Not thread-safe: one writer (the ledger).
-    """
-
-    __slots__ = (
-        "_bits",
-        "_counts",
-        "_hashes",
-        "_inverse",
-        "_source",
-        "_staged",
-        "_staged_counts",
-        "_staged_hashes",
-    )
-
-    def __init__(self, source: LeafSource, *, bucket_bits: int = BUCKET_BITS) -> None:
-        invariant(0 <= bucket_bits <= _BUCKET_BITS_MAX, "bucket_bits out of range")
-        nodes = 2 << bucket_bits
-        self._source = source
-        self._bits = bucket_bits
-        # Zero pages: what the nodes of an empty tree are, and untouched ones cost nothing.
-        self._hashes = bytearray(HASH_BYTES * nodes)
-        self._counts = array("Q", bytes(8 * nodes))
-        self._staged_hashes = bytearray(HASH_BYTES * nodes)
-        self._staged_counts = array("Q", bytes(8 * nodes))
-        self._staged = False
-        """Whether the staged arrays hold a block's tree (else they are scratch)."""
-        self._inverse: dict[bytes, bytes | None] = {}
-        """The committed value hash (``None``: absent) of every key the staged block changes."""
-
-    @classmethod
-    def build(
-        cls,
-        source: LeafSource,
-        items: Iterable[tuple[bytes, bytes]],
-        *,
-        bucket_bits: int = BUCKET_BITS,
-    ) -> StateTree:
-        """The tree over ``items``, the source's entries streamed in key-hash order.
-
-        One pass: each bucket is hashed as its entries go by, then the nodes above the
-        non-empty buckets, level by level. Memory holds one bucket at a time.
-        """
-        tree = cls(source, bucket_bits=bucket_bits)
-        first = 1 << bucket_bits
-        shift = KEY_BITS - bucket_bits
-        buckets: dict[int, tuple[bytes, int]] = {}
-        bucket: list[tuple[bytes, bytes]] = []
-        bucket_index = -1
-        previous = b""
-        for key_hash, value_hash in items:
-            _check_entry(key_hash, value_hash)
-            invariant(key_hash > previous, "state entries must come sorted by distinct key hash")
-            previous = key_hash
-            index = int.from_bytes(key_hash, "big") >> shift
-            if index != bucket_index and bucket:
-                buckets[first + bucket_index] = (_entries_hash(bucket, bucket_bits), len(bucket))
-                bucket = []
-            bucket_index = index
-            bucket.append((key_hash, value_hash))
-        if bucket:
-            buckets[first + bucket_index] = (_entries_hash(bucket, bucket_bits), len(bucket))
-        _write_nodes(tree._hashes, tree._counts, buckets, bucket_bits)
-        return tree
-
-    def __len__(self) -> int:
-        """Entries in the committed state."""
-        return self._counts[1]
-
-    def root(self) -> bytes:
-        """The committed state root: 32 zero bytes for the empty state."""
-        return bytes(self._hashes[HASH_BYTES : 2 * HASH_BYTES])
-
-    def _committed(self, node: int) -> tuple[bytes, int]:
-        return bytes(self._hashes[node << 5 : (node << 5) + HASH_BYTES]), self._counts[node]
-
-    # --- blocks ---
-
-    def stage(self, changes: Mapping[bytes, bytes | None]) -> bytes:
-        """The root after ``changes`` (``key_hash -> value_hash``, ``None`` deletes), staged
-        over the committed state; replaces whatever was staged. Deleting an absent key is a
-        no-op. The source must hold the committed state when this is called."""
-        self.discard()
-        bits = self._bits
-        first = 1 << bits
-        shift = KEY_BITS - bits
-        touched: dict[int, list[bytes]] = {}
-        for key_hash, value_hash in changes.items():
-            _check_entry(key_hash, value_hash)
-            touched.setdefault(int.from_bytes(key_hash, "big") >> shift, []).append(key_hash)
-        if not touched:
-            return self.root()
-        buckets = sorted(touched)
-        entries: dict[int, dict[bytes, bytes]] = {index: {} for index in buckets}
-        for key_hash, value_hash in self._source.state_hashes(
-            [_range_of(index, bits) for index in buckets]
-        ):
-            entries[int.from_bytes(key_hash, "big") >> shift][key_hash] = value_hash
-        inverse = self._inverse
-        staged: dict[int, tuple[bytes, int]] = {}
-        for index in buckets:
-            bucket = entries[index]
-            for key_hash in touched[index]:
-                inverse[key_hash] = bucket.get(key_hash)
-                value_hash = changes[key_hash]
-                if value_hash is None:
-                    bucket.pop(key_hash, None)
-                else:
-                    bucket[key_hash] = value_hash
-            if not bucket:
-                staged[first + index] = (EMPTY_HASH, 0)
-            else:
-                staged[first + index] = (_entries_hash(sorted(bucket.items()), bits), len(bucket))
-        self._staged_hashes[:] = self._hashes  # two memory copies, about 1 ms
-        self._staged_counts[:] = self._counts
-        self._staged = True
-        _write_nodes(self._staged_hashes, self._staged_counts, staged, bits)
-        return bytes(self._staged_hashes[HASH_BYTES : 2 * HASH_BYTES])
-
-    def commit(self) -> None:
-        """Make the staged changes committed: the source now holds them."""
-        if self._staged:
-            self._hashes, self._staged_hashes = self._staged_hashes, self._hashes
-            self._counts, self._staged_counts = self._staged_counts, self._counts
-        self.discard()
-
-    def discard(self) -> None:
-        """Drop the staged changes."""
-        self._staged = False
-        self._inverse = {}
-
-    # --- proofs ---
-
-    def _committed_entries(self, low: bytes, high: bytes) -> list[tuple[bytes, bytes]]:
-        """The committed entries in ``[low, high]``: the source's, with any staged key put
-        back to its committed value (the source may already hold the staged block)."""
-        found = self._source.state_hashes([(low, high)])
-        restore = {key: value for key, value in self._inverse.items() if low <= key <= high}
-        if not restore:
-            return found
-        merged = {key: value for key, value in found if key not in restore}
-        merged.update((key, value) for key, value in restore.items() if value is not None)
-        return sorted(merged.items())
-
-    def prove(self, key_hash: bytes) -> StateProof:
-        """A proof of what the committed state holds at ``key_hash``: its leaf, or its
-        absence."""
-        _check_entry(key_hash, None)
-        key_int = int.from_bytes(key_hash, "big")
-        siblings: list[bytes] = []
-        node, depth = 1, 0
-        while depth < self._bits and self._counts[node] >= 2:
-            child = (node << 1) | ((key_int >> (KEY_BITS - 1 - depth)) & 1)
-            siblings.append(self._committed(child ^ 1)[0])
-            node, depth = child, depth + 1
-        count = self._counts[node]
-        leaf = None
-        if count:
-            entries = self._committed_entries(*_range_of(node - (1 << depth), depth))
-            invariant(len(entries) == count, "the state source disagrees with the tree")
-            leaf = self._walk_entries(entries, depth, key_int, siblings)
-        siblings.reverse()
-        return StateProof(leaf=leaf, siblings=tuple(siblings))
-
-    @staticmethod
-    def _walk_entries(
-        entries: list[tuple[bytes, bytes]], depth: int, key_int: int, siblings: list[bytes]
-    ) -> StateLeaf | None:
-        """Walk ``key_int``'s path through the subtree at ``depth`` over ``entries``."""
-        key_ints = [int.from_bytes(key_hash, "big") for key_hash, _ in entries]
-        leaves = [key_hash + value_hash for key_hash, value_hash in entries]
-        low, high = 0, len(entries)
-        while high - low >= 2:
-            shift = KEY_BITS - 1 - depth
-            middle = bisect_left(key_ints, ((key_ints[low] >> shift) | 1) << shift, low, high)
-            if (key_int >> shift) & 1:
-                siblings.append(_subtree_hash(key_ints, leaves, low, middle, depth + 1))
-                low = middle
-            else:
-                siblings.append(_subtree_hash(key_ints, leaves, middle, high, depth + 1))
-                high = middle
-            depth += 1
-        if high == low:
-            return None
-        return StateLeaf(*entries[low])
+        children = self._arena.children
+        stack = [self._root]
+        while stack:
+            ref = stack.pop()
+            if ref > 0:
+                stack.append(children[(ref << 1) + 1])
+                stack.append(children[ref << 1])
+            elif ref < 0:
+                yield self._leaf(ref)

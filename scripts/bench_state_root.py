@@ -4,16 +4,12 @@ Usage: ``.venv/bin/python scripts/bench_state_root.py [--sizes 10000 100000 1000
 
 For each state size, in a fresh interpreter (so memory figures do not mix):
 
-* build: :meth:`StateTree.build` over N ``(key_hash, value_hash)`` pairs in key order, as a
+* build: :meth:`SparseMerkleTree.from_items` over N ``(key_hash, value_hash)`` pairs, as a
   node does at start-up from its state table;
-* memory: what the finished tree keeps allocated (tracemalloc, on a second build, the leaves
-  held by the source not counted) and the process's resident set after the timed build;
+* memory: what the finished tree keeps allocated (tracemalloc, on a second build) and the
+  peak during that build, plus the process's resident set after the timed build;
 * update: blocks of 4,000 changes (2,000 new keys, 2,000 changed values of existing keys),
-  the state changes of a block of 2,000 provenance transactions, staged and committed over
-  leaves held in memory (:class:`MemoryLeaves`): the tree's own work; median and worst;
-* bucket reads: the one batched :meth:`SqlStore.state_hashes` call such a block makes, on a
-  SQLite store holding the N entries, its pages warm (the ranges of the last block's
-  buckets); median of 5;
+  the state changes of a block of 2,000 provenance transactions; median and worst;
 * proofs: generation and verification of a proof per changed key of one block.
 
 Not a test: nothing here asserts a time. Results go to docs/benchmarks.md, "State root".
@@ -29,15 +25,13 @@ import random
 import statistics
 import subprocess
 import sys
-import tempfile
 import time
 import tracemalloc
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from node.smt import BUCKET_BITS, MemoryLeaves, StateTree, verify_state_proof
-from node.storage import SqlStore
+from node.smt import SparseMerkleTree, verify_state_proof
 
 CHANGES_PER_BLOCK = 4_000
 BLOCKS = 20
@@ -62,58 +56,25 @@ def _rss_mib(field: str) -> float:
     return float("nan")
 
 
-def _bucket_reads_ms(items: list[tuple[bytes, bytes]], changed: list[bytes]) -> float:
-    """One block's batched bucket read from a SQLite store holding ``items``' hashes.
-
-    The store is filled through its genesis state (one transaction) with values whose hashes
-    differ from ``items``'; only the ranges and row counts matter here.
-    """
-    shift = 8 * 32 - BUCKET_BITS
-    buckets = sorted({int.from_bytes(key, "big") >> shift for key in changed})
-    ranges = [
-        ((index << shift).to_bytes(32, "big"), (((index + 1) << shift) - 1).to_bytes(32, "big"))
-        for index in buckets
-    ]
-    with tempfile.TemporaryDirectory() as directory:
-        genesis_state = {f"asset/lot-{number}": {"n": number} for number in range(len(items))}
-        store = SqlStore(
-            f"sqlite:///{directory}/bench.db",
-            chain_id="bench",
-            genesis_hash="00" * 32,
-            genesis_state=genesis_state,
-        )
-        try:
-            timings = []
-            for _ in range(6):
-                started = time.perf_counter()
-                store.state_hashes(ranges)
-                timings.append((time.perf_counter() - started) * 1000)
-            return statistics.median(timings[1:])
-        finally:
-            store.close()
-
-
 def run_one(size: int) -> str:
     rng = random.Random(size)
     items = _items(size)
 
-    items.sort()
-    leaves = MemoryLeaves(items)
     started = time.perf_counter()
-    tree = StateTree.build(leaves, items)
+    tree = SparseMerkleTree.from_items(items)
     build_s = time.perf_counter() - started
     rss_mib = _rss_mib("VmRSS")
 
     # Memory: rebuild under tracemalloc; "kept" is what the finished tree holds.
     tracemalloc.start()
     baseline = tracemalloc.get_traced_memory()[0]
-    twin = StateTree.build(leaves, items)
+    twin = SparseMerkleTree.from_items(items)
     kept, peak = tracemalloc.get_traced_memory()
     tracemalloc.stop()
     kept_mib = (kept - baseline) / 2**20
     peak_mib = (peak - baseline) / 2**20
     invariant_root = twin.root() == tree.root()
-    del twin
+    del twin, items
 
     update_ms: list[float] = []
     next_key = size
@@ -126,13 +87,9 @@ def run_one(size: int) -> str:
             changes[_key(number)] = _value(number, block + 1)
         next_key += CHANGES_PER_BLOCK // 2
         started = time.perf_counter()
-        tree.stage(changes)
-        leaves.apply(changes)
-        tree.commit()
+        tree.update(changes)
         update_ms.append((time.perf_counter() - started) * 1000)
         last_changes = changes
-    read_ms = _bucket_reads_ms(items, list(last_changes))
-    del items
 
     root = tree.root()
     started = time.perf_counter()
@@ -145,9 +102,9 @@ def run_one(size: int) -> str:
     siblings = statistics.mean(len(proof.siblings) for _, _, proof in proofs)
 
     return (
-        f"| {size:,} | {build_s:.2f} s | {kept_mib:.1f} MiB | {peak_mib:.1f} MiB "
+        f"| {size:,} | {build_s:.2f} s | {kept_mib:.0f} MiB | {peak_mib:.0f} MiB "
         f"| {rss_mib:.0f} MiB | {statistics.median(update_ms):.1f} ms "
-        f"| {max(update_ms):.1f} ms | {read_ms:.1f} ms | {prove_ms:.1f} ms | {verify_ms:.1f} ms "
+        f"| {max(update_ms):.1f} ms | {prove_ms:.1f} ms | {verify_ms:.1f} ms "
         f"| {siblings:.1f} |" + ("" if invariant_root else " ROOT MISMATCH")
     )
 
@@ -167,9 +124,9 @@ def main() -> None:
     print(f"{BLOCKS} blocks of {CHANGES_PER_BLOCK:,} changes (half inserts, half updates)\n")
     print(
         "| entries | build | tree memory | build peak | process RSS | update median "
-        "| update worst | bucket reads (SQLite) | prove 4,000 | verify 4,000 | mean siblings |"
+        "| update worst | prove 4,000 | verify 4,000 | mean siblings |"
     )
-    print("|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
+    print("|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
     for size in arguments.sizes:
         subprocess.run([sys.executable, __file__, "--one", str(size)], check=True)
 

@@ -13,13 +13,7 @@ from node.errors import AdmissionError, ProofError
 from node.ledger import ExecutedBlock, Ledger
 from node.rules import genesis_changes
 from node.scenario import scenario_blocks
-from node.smt import (
-    MemoryLeaves,
-    StateTree,
-    state_key_hash,
-    state_value_hash,
-    verify_state_proof,
-)
+from node.smt import SparseMerkleTree, state_key_hash, state_value_hash
 from node.storage import BlockStore, MemoryStore
 from node.tx import parse_envelope
 
@@ -49,8 +43,10 @@ def run_scenario(ledger: Ledger, consortium: Consortium) -> list[ExecutedBlock]:
 
 def reference_root(store: BlockStore) -> str:
     """The state root recomputed from scratch from everything the store holds."""
-    leaves = MemoryLeaves(store.iter_state_hashes())
-    return StateTree.build(leaves, leaves.items()).root().hex()
+    tree = SparseMerkleTree.from_items(
+        (state_key_hash(key), state_value_hash(value)) for key, value in store.iter_state()
+    )
+    return tree.root().hex()
 
 
 MEMORY_ROOT: dict[str, str] = {}
@@ -97,54 +93,12 @@ def test_restart_rebuilds_the_same_ledger(open_store: StoreOpener) -> None:
     assert caught.value.code == "duplicate-tx"
 
 
-def test_state_proofs_describe_the_committed_state_throughout_a_commit(
-    open_store: StoreOpener,
-) -> None:
-    """A proof is asked for while a block is executed, while its rows are being written
-    (stored, the ledger not yet advanced) and after: it always verifies against the state
-    root of :attr:`Ledger.height`, with that block's values."""
-    consortium = make_consortium()
-    ledger = open_ledger(consortium, open_store)
-    t0 = consortium.genesis.genesis_time_ms + 1000
-    keys = ["asset/a", "asset/b", "member/alpine-cheese", "member/nobody"]
-
-    def proofs_hold(root: str) -> None:
-        assert ledger.state_root == root
-        for key in keys:
-            value, proof = ledger.state_proof(key)
-            value_hash = None if value is None else state_value_hash(value)
-            verify_state_proof(bytes.fromhex(root), state_key_hash(key), value_hash, proof)
-
-    genesis = ledger.state_root
-    assert genesis == genesis_root(consortium)
-    proofs_hold(genesis)
-    roots = [genesis]
-    for height, asset_id in ((1, "a"), (2, "b")):
-        tx = ledger.admit(
-            consortium.sign(
-                "alpine-cheese", "asset.register", lot(asset_id), expires_at_ms=t0 + 60_000
-            ),
-            t0,
-        )
-        executed = ledger.execute([tx], timestamp_ms=t0 + height, proposer="validator-0")
-        proofs_hold(roots[-1])
-        record = ledger.prepare_commit(
-            executed, consortium.commit_for(height, 0, executed.block_hash)
-        )
-        ledger.store.commit_block(record)
-        proofs_hold(roots[-1])
-        ledger.finish_commit(executed)
-        roots.append(executed.header["state_root"])
-        proofs_hold(roots[-1])
-    assert ledger.state_get("asset/b") is not None and len(set(roots)) == 3
-
-
 def genesis_root(consortium: Consortium) -> str:
-    leaves = MemoryLeaves(
+    tree = SparseMerkleTree.from_items(
         (state_key_hash(k), state_value_hash(v))
         for k, v in genesis_changes(consortium.genesis).items()
     )
-    return StateTree.build(leaves, leaves.items()).root().hex()
+    return tree.root().hex()
 
 
 @pytest.fixture

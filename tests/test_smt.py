@@ -5,8 +5,6 @@ from __future__ import annotations
 import hashlib
 import json
 import random
-import tracemalloc
-from collections.abc import Iterable, Sequence
 from typing import Any
 
 import pytest
@@ -17,13 +15,11 @@ from node.codec import parse_json
 from node.errors import ProofError
 from node.invariant import InvariantViolation
 from node.smt import (
-    BUCKET_BITS,
     EMPTY_HASH,
     PROOF_SIBLINGS_MAX,
-    MemoryLeaves,
+    SparseMerkleTree,
     StateLeaf,
     StateProof,
-    StateTree,
     state_key_hash,
     state_leaf_hash,
     state_value_hash,
@@ -79,59 +75,28 @@ def _random_state(rng: random.Random, count: int) -> dict[bytes, bytes]:
 # --- roots ---
 
 
-class Tree:
-    """A StateTree over in-memory leaves, updated as the ledger does: stage, store, commit."""
-
-    def __init__(self, items: Iterable[tuple[bytes, bytes]] = (), bits: int = BUCKET_BITS):
-        self.leaves = MemoryLeaves(items)
-        self.tree = StateTree.build(self.leaves, self.leaves.items(), bucket_bits=bits)
-
-    def update(self, changes: dict[bytes, bytes | None]) -> bytes:
-        root = self.tree.stage(changes)
-        self.leaves.apply(changes)
-        self.tree.commit()
-        assert self.tree.root() == root
-        return root
-
-    def root(self) -> bytes:
-        return self.tree.root()
-
-    def prove(self, key: bytes) -> StateProof:
-        return self.tree.prove(key)
-
-    def __len__(self) -> int:
-        assert len(self.tree) == len(self.leaves)
-        return len(self.tree)
-
-
-# Cuts from none (the root is the only bucket) to the default: the deeper the cut, the more
-# of every path lies in the in-memory top; the shallower, the more in rebuilt buckets.
-bucket_bits = st.sampled_from([0, 1, 3, 8, BUCKET_BITS])
-
-
 def test_empty_state_root_is_zero() -> None:
-    tree = Tree()
+    tree = SparseMerkleTree()
     assert tree.root() == EMPTY_HASH == bytes(32)
     assert len(tree) == 0
-    assert tree.update({}) == EMPTY_HASH
+    assert SparseMerkleTree.from_items([]).root() == bytes(32)
 
 
 def test_single_entry_root_is_its_leaf() -> None:
     key, value = state_key_hash("asset/lot-1"), state_value_hash({"owner": "a"})
-    tree = Tree()
+    tree = SparseMerkleTree()
     root = tree.update({key: value})
     assert root == state_leaf_hash(key, value) == _sha256(b"\x00" + key + value)
 
 
-@pytest.mark.parametrize("bits", [0, 8, BUCKET_BITS])
-def test_two_entries_sharing_a_prefix_hang_under_a_chain(bits: int) -> None:
+def test_two_entries_sharing_a_prefix_hang_under_a_chain() -> None:
     # Keys 0x00..00 and 0x00..01 differ only in bit 255: 255 one-sided internal nodes
     # lead down to the node that parts them.
     low, high, value = bytes(32), bytes(31) + b"\x01", b"\x07" * 32
     node = _sha256(b"\x01" + state_leaf_hash(low, value) + state_leaf_hash(high, value))
     for _ in range(255):
         node = _sha256(b"\x01" + node + bytes(32))
-    tree = Tree(bits=bits)
+    tree = SparseMerkleTree()
     assert tree.update({low: value, high: value}) == node
     tree.update({high: None})
     assert tree.root() == state_leaf_hash(low, value)
@@ -143,47 +108,44 @@ def test_key_and_value_hashes() -> None:
 
 
 @settings(max_examples=150, deadline=None)
-@given(states, bucket_bits)
-def test_root_matches_reference(state: dict[bytes, bytes], bits: int) -> None:
-    tree = Tree(bits=bits)
-    assert tree.update(dict(state)) == reference_root(state)
+@given(states)
+def test_root_matches_reference(state: dict[bytes, bytes]) -> None:
+    tree = SparseMerkleTree()
+    assert tree.update(state) == reference_root(state)
     assert len(tree) == len(state)
-    assert Tree(state.items(), bits).root() == reference_root(state)
+    assert SparseMerkleTree.from_items(state.items()).root() == reference_root(state)
 
 
 def test_root_matches_reference_for_larger_random_states() -> None:
     rng = random.Random(20261124)
     for count in (2, 3, 50, 300, 1500):
         state = _random_state(rng, count)
-        for bits in (0, 4, BUCKET_BITS):
-            assert Tree(state.items(), bits).root() == reference_root(state)
+        assert SparseMerkleTree.from_items(state.items()).root() == reference_root(state)
 
 
 @settings(max_examples=100, deadline=None)
-@given(
-    states, st.randoms(use_true_random=False), st.integers(min_value=1, max_value=8), bucket_bits
-)
+@given(states, st.randoms(use_true_random=False), st.integers(min_value=1, max_value=8))
 def test_root_independent_of_order_and_batches(
-    state: dict[bytes, bytes], rng: random.Random, batch_count: int, bits: int
+    state: dict[bytes, bytes], rng: random.Random, batch_count: int
 ) -> None:
     entries = list(state.items())
     rng.shuffle(entries)
-    tree = Tree(bits=bits)
+    tree = SparseMerkleTree()
     for batch in range(batch_count):
         tree.update(dict(entries[batch::batch_count]))
-    one_by_one = Tree(bits=bits)
+    one_by_one = SparseMerkleTree()
     for key, value in reversed(entries):
         one_by_one.update({key: value})
     assert tree.root() == one_by_one.root() == reference_root(state)
-    assert list(tree.leaves.items()) == sorted(state.items())
+    assert list(tree.items()) == sorted(state.items())
 
 
 @settings(max_examples=100, deadline=None)
-@given(states, states, st.randoms(use_true_random=False), bucket_bits)
+@given(states, states, st.randoms(use_true_random=False))
 def test_random_change_sequences_match_reference(
-    first: dict[bytes, bytes], second: dict[bytes, bytes], rng: random.Random, bits: int
+    first: dict[bytes, bytes], second: dict[bytes, bytes], rng: random.Random
 ) -> None:
-    tree = Tree(first.items(), bits)
+    tree = SparseMerkleTree.from_items(first.items())
     state = dict(first)
     changes: dict[bytes, bytes | None] = dict(second)
     for key in rng.sample(sorted(first), len(first) // 2):
@@ -196,18 +158,18 @@ def test_random_change_sequences_match_reference(
             state[key] = value
     assert tree.update(changes) == reference_root(state)
     assert len(tree) == len(state)
-    assert dict(tree.leaves.items()) == state
+    assert dict(tree.items()) == state
+    for key, value in state.items():
+        assert tree.get(key) == value
 
 
 @settings(max_examples=100, deadline=None)
-@given(states, states, bucket_bits)
-def test_deletes_restore_earlier_roots(
-    base: dict[bytes, bytes], added: dict[bytes, bytes], bits: int
-) -> None:
+@given(states, states)
+def test_deletes_restore_earlier_roots(base: dict[bytes, bytes], added: dict[bytes, bytes]) -> None:
     added = {key: value for key, value in added.items() if key not in base}
-    tree = Tree(base.items(), bits)
+    tree = SparseMerkleTree.from_items(base.items())
     before = tree.root()
-    tree.update(dict(added))
+    tree.update(added)
     assert tree.update(dict.fromkeys(added)) == before
     assert len(tree) == len(base)
     assert tree.update(dict.fromkeys(base)) == EMPTY_HASH
@@ -217,124 +179,54 @@ def test_deletes_restore_earlier_roots(
 def test_updating_a_value_and_back_restores_the_root() -> None:
     rng = random.Random(7)
     state = _random_state(rng, 200)
-    tree = Tree(state.items())
+    tree = SparseMerkleTree.from_items(state.items())
     before = tree.root()
-    changed: dict[bytes, bytes | None] = {key: rng.randbytes(32) for key in list(state)[:50]}
+    changed = {key: rng.randbytes(32) for key in list(state)[:50]}
     assert tree.update(changed) != before
     assert tree.update({key: state[key] for key in changed}) == before
 
 
-@settings(max_examples=60, deadline=None)
-@given(states, states, st.randoms(use_true_random=False), bucket_bits)
-def test_staging_leaves_the_committed_tree_alone(
-    base: dict[bytes, bytes], second: dict[bytes, bytes], rng: random.Random, bits: int
-) -> None:
-    """What the ledger does with a block: stage it, maybe store it, commit or discard it.
-
-    Proofs describe the committed state throughout, also once the store holds the staged
-    block but the tree has not committed it yet."""
-    tree = Tree(base.items(), bits)
-    committed = tree.root()
-    changes: dict[bytes, bytes | None] = dict(second)
-    for key in rng.sample(sorted(base), len(base) // 2):
-        changes[key] = None
-    after = {**base, **second}
-    for key, value in changes.items():
-        if value is None:
-            after.pop(key, None)
-    probes = [*list(changes)[:5], *list(base)[:5], rng.randbytes(32)]
-
-    def proofs_hold() -> None:
-        for key in probes:
-            value = base.get(key)
-            verify_state_proof(committed, key, value, tree.prove(key))
-
-    assert tree.tree.stage({rng.randbytes(32): rng.randbytes(32)}) != committed or not base
-    assert tree.tree.stage(changes) == reference_root(after)  # replaces the first staging
-    assert tree.root() == committed and len(tree.tree) == len(base)
-    proofs_hold()
-    tree.tree.discard()
-    assert tree.tree.stage(changes) == reference_root(after)
-    tree.leaves.apply(changes)  # the store holds the block; the ledger has not advanced
-    proofs_hold()
-    tree.tree.commit()
-    assert tree.root() == reference_root(after) and len(tree) == len(after)
-    for key in probes:
-        verify_state_proof(tree.root(), key, after.get(key), tree.prove(key))
+def test_copy_is_independent() -> None:
+    rng = random.Random(8)
+    state = _random_state(rng, 100)
+    tree = SparseMerkleTree.from_items(state.items())
+    twin = tree.copy()
+    twin.update({rng.randbytes(32): rng.randbytes(32), next(iter(state)): None})
+    assert tree.root() == reference_root(state)
+    assert len(tree) == 100
+    assert len(twin) == 100
+    assert twin.root() != tree.root()
 
 
-class _DictLeaves:
-    """A LeafSource outside node/smt.py, so tracemalloc can tell the tree's memory apart."""
-
-    def __init__(self) -> None:
-        self.entries: dict[bytes, bytes] = {}
-
-    def state_hashes(self, ranges: Sequence[tuple[bytes, bytes]]) -> list[tuple[bytes, bytes]]:
-        return sorted(
-            (key, value)
-            for key, value in self.entries.items()
-            if any(low <= key <= high for low, high in ranges)
-        )
-
-
-def test_the_tree_holds_no_more_memory_as_the_state_grows() -> None:
-    rng = random.Random(13)
-    leaves = _DictLeaves()
-    tree = StateTree(leaves, bucket_bits=6)
-
-    def insert(count: int) -> None:
-        changes: dict[bytes, bytes | None] = {
-            rng.randbytes(32): rng.randbytes(32) for _ in range(count)
-        }
-        tree.stage(changes)
-        leaves.entries.update({key: value for key, value in changes.items() if value})
-        tree.commit()
-
-    def held_by_the_tree() -> int:
-        snapshot = tracemalloc.take_snapshot().filter_traces(
-            [tracemalloc.Filter(True, StateTree.__module__.replace(".", "/") + ".py")]
-        )
-        return sum(stat.size for stat in snapshot.statistics("filename"))
-
-    was_tracing = tracemalloc.is_tracing()
-    if not was_tracing:
-        tracemalloc.start()
-    try:
-        insert(200)
-        before = held_by_the_tree()
-        for _ in range(20):
-            insert(200)
-        grown = held_by_the_tree() - before
-    finally:
-        if not was_tracing:
-            tracemalloc.stop()
-    assert len(tree) == 4_200
-    assert tree.root() == reference_root(leaves.entries)
-    assert grown < 2_000, f"the tree grew by {grown} bytes for 4,000 more entries"
+def test_freed_slots_are_reused() -> None:
+    # Blocks that delete and insert as many keys run on reused arena slots.
+    rng = random.Random(9)
+    tree = SparseMerkleTree.from_items(_random_state(rng, 500).items())
+    live = dict(tree.items())
+    for _ in range(50):
+        removed = rng.sample(sorted(live), 20)
+        inserted = _random_state(rng, 20)
+        tree.update({**dict.fromkeys(removed), **inserted})
+        for key in removed:
+            del live[key]
+        live.update(inserted)
+    assert tree.root() == reference_root(live)
+    assert dict(tree.items()) == live
 
 
 def test_bad_inputs_are_invariant_violations() -> None:
     with pytest.raises(InvariantViolation):
-        Tree().update({b"short": bytes(32)})
+        SparseMerkleTree().update({b"short": bytes(32)})
     with pytest.raises(InvariantViolation):
-        Tree().update({bytes(32): b"short"})
-    leaves = MemoryLeaves([(b"\x02" * 32, bytes(32))])
-    with pytest.raises(InvariantViolation, match="sorted by distinct"):
-        StateTree.build(leaves, [(bytes(32), bytes(32)), (bytes(32), b"\x01" * 32)])
-    with pytest.raises(InvariantViolation, match="sorted by distinct"):
-        StateTree.build(leaves, [(b"\x02" * 32, bytes(32)), (b"\x01" * 32, bytes(32))])
-    with pytest.raises(InvariantViolation, match="bucket_bits"):
-        StateTree(leaves, bucket_bits=25)
-    # A source that lost an entry the tree counts is caught when a proof reads it.
-    tree = StateTree.build(MemoryLeaves(), leaves.items(), bucket_bits=4)
-    with pytest.raises(InvariantViolation, match="disagrees"):
-        tree.prove(b"\x02" * 32)
+        SparseMerkleTree().update({bytes(32): b"short"})
+    with pytest.raises(InvariantViolation, match="duplicate"):
+        SparseMerkleTree.from_items([(bytes(32), bytes(32)), (bytes(32), b"\x01" * 32)])
 
 
 # --- proofs ---
 
 
-def _check_inclusion_and_tampering(tree: Tree, key: bytes, value: bytes) -> None:
+def _check_inclusion_and_tampering(tree: SparseMerkleTree, key: bytes, value: bytes) -> None:
     root = tree.root()
     proof = tree.prove(key)
     verify_state_proof(root, key, value, proof)
@@ -354,7 +246,7 @@ def _check_inclusion_and_tampering(tree: Tree, key: bytes, value: bytes) -> None
         verify_state_proof(root, key, None, proof)
 
 
-def _check_exclusion_and_tampering(tree: Tree, key: bytes) -> None:
+def _check_exclusion_and_tampering(tree: SparseMerkleTree, key: bytes) -> None:
     root = tree.root()
     proof = tree.prove(key)
     verify_state_proof(root, key, None, proof)
@@ -386,11 +278,9 @@ def _check_exclusion_and_tampering(tree: Tree, key: bytes) -> None:
 
 
 @settings(max_examples=60, deadline=None)
-@given(states, keys, bucket_bits)
-def test_proofs_verify_and_tampering_fails(
-    state: dict[bytes, bytes], absent: bytes, bits: int
-) -> None:
-    tree = Tree(state.items(), bits)
+@given(states, keys)
+def test_proofs_verify_and_tampering_fails(state: dict[bytes, bytes], absent: bytes) -> None:
+    tree = SparseMerkleTree.from_items(state.items())
     for key, value in list(state.items())[:4]:
         _check_inclusion_and_tampering(tree, key, value)
     if absent not in state:
@@ -399,7 +289,7 @@ def test_proofs_verify_and_tampering_fails(
 
 def test_both_kinds_of_non_inclusion() -> None:
     rng = random.Random(11)
-    tree = Tree(_random_state(rng, 64).items(), 3)
+    tree = SparseMerkleTree.from_items(_random_state(rng, 64).items())
     kinds = set()
     for _ in range(200):
         key = rng.randbytes(32)
@@ -411,12 +301,12 @@ def test_both_kinds_of_non_inclusion() -> None:
 
 def test_proofs_in_tiny_trees() -> None:
     key, other, value = b"\x00" * 32, b"\x80" + bytes(31), b"\x05" * 32
-    empty = Tree()
+    empty = SparseMerkleTree()
     assert empty.prove(key) == StateProof(leaf=None, siblings=())
     verify_state_proof(empty.root(), key, None, empty.prove(key))
     with pytest.raises(ProofError, match="absent, not included"):
         verify_state_proof(empty.root(), key, value, empty.prove(key))
-    single = Tree([(key, value)])
+    single = SparseMerkleTree.from_items([(key, value)])
     _check_inclusion_and_tampering(single, key, value)
     _check_exclusion_and_tampering(single, other)
 
@@ -424,7 +314,7 @@ def test_proofs_in_tiny_trees() -> None:
 def test_specific_messages() -> None:
     rng = random.Random(12)
     state = _random_state(rng, 30)
-    tree = Tree(state.items())
+    tree = SparseMerkleTree.from_items(state.items())
     root = tree.root()
     key, value = next(iter(state.items()))
     proof = tree.prove(key)
@@ -462,7 +352,7 @@ def test_proof_shape_is_checked_on_construction() -> None:
 @settings(max_examples=60, deadline=None)
 @given(states, keys)
 def test_proof_json_round_trips(state: dict[bytes, bytes], key: bytes) -> None:
-    tree = Tree(state.items())
+    tree = SparseMerkleTree.from_items(state.items())
     proof = tree.prove(key)
     document = proof.to_json()
     text = json.dumps(document)
@@ -474,7 +364,7 @@ def test_proof_json_round_trips(state: dict[bytes, bytes], key: bytes) -> None:
 def _valid_document() -> dict[str, Any]:
     rng = random.Random(13)
     state = _random_state(rng, 20)
-    tree = Tree(state.items())
+    tree = SparseMerkleTree.from_items(state.items())
     document = tree.prove(next(iter(state))).to_json()
     assert document["leaf"] is not None
     return document

@@ -12,25 +12,21 @@ height once its commit has returned.
 from __future__ import annotations
 
 import copy
-import hashlib
 import json
-import math
 import os
 import random
-import re
 import signal
 import subprocess
 import sys
 import threading
 import time
-from collections.abc import Mapping, Sequence
 from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
 import pytest
 from conftest import TEST_CHAIN_ID, TEST_GENESIS_HASH, StoreOpener
-from sqlalchemy import Engine, create_engine, event, inspect
+from sqlalchemy import Engine, create_engine, event
 
 from node.block import Commit, Header, block_hash
 from node.codec import canonical, sha256_hex
@@ -39,8 +35,8 @@ from node.invariant import InvariantViolation
 from node.limits import PAGE_SIZE_MAX
 from node.merkle import MerkleTree, tx_leaf
 from node.records import AssetEvent, BlockRecord, StateKey, StateValue, TxRecord, TxSummary
-from node.storage import SCHEMA_VERSION, BlockStore, MemoryStore, SqlStore, TxPosition
-from node.storage._sql import RANGES_PER_QUERY_MAX, SQLITE_CACHE_KIB, SQLITE_READ_CACHE_KIB
+from node.storage import SCHEMA_VERSION, BlockStore, SqlStore, TxPosition
+from node.storage._sql import SQLITE_CACHE_KIB, SQLITE_READ_CACHE_KIB
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 MEMBERS = ("m0", "m1", "m2")
@@ -195,39 +191,6 @@ def rehash(record: BlockRecord, **header_changes: Any) -> BlockRecord:
     return replace(record, header=header, block_hash=hash_, commit=commit)
 
 
-StateEntry = tuple[bytes, bytes]
-
-LOWEST_HASH = bytes(32)
-HIGHEST_HASH = b"\xff" * 32
-
-
-def state_entries(state: Mapping[StateKey, StateValue]) -> list[StateEntry]:
-    """The ``(key_hash, value_hash)`` entries of ``state`` in key hash order, computed here
-    from their definition: SHA-256 of the key's UTF-8 and of the value's canonical JSON (the
-    text both stores keep)."""
-    return sorted(
-        (hashlib.sha256(key.encode()).digest(), hashlib.sha256(canonical(value)).digest())
-        for key, value in state.items()
-    )
-
-
-def entries_in(entries: list[StateEntry], ranges: Sequence[StateEntry]) -> list[StateEntry]:
-    """What ``state_hashes(ranges)`` must return, by brute force."""
-    return [entry for entry in entries if any(low <= entry[0] <= high for low, high in ranges)]
-
-
-def prefix_range(prefix: int, bits: int) -> StateEntry:
-    """The inclusive key-hash range of the hashes that start with the ``bits`` of ``prefix``
-    (a bucket of the state tree when ``bits`` is 16)."""
-    shift = 256 - bits
-    low = prefix << shift
-    return low.to_bytes(32, "big"), (low | ((1 << shift) - 1)).to_bytes(32, "big")
-
-
-def shifted(hash_: bytes, delta: int) -> bytes:
-    return (int.from_bytes(hash_, "big") + delta).to_bytes(32, "big")
-
-
 def assert_store_holds(store: BlockStore, builder: ChainBuilder) -> None:
     """Every block, transaction, event and state entry the builder made is stored whole."""
     tip = store.tip()
@@ -248,8 +211,7 @@ def assert_store_holds(store: BlockStore, builder: ChainBuilder) -> None:
         tree = store.block_tx_tree(height)
         assert tree is not None and len(tree) == len(record.txs)
         assert tree.root().hex() == record.header["tx_root"]
-    assert store.state_get_many(builder.state) == builder.state
-    assert list(store.iter_state_hashes()) == state_entries(builder.state)  # and nothing else
+    assert dict(store.iter_state()) == builder.state
     for asset_id, events in builder.events.items():
         assert store.asset_events(asset_id) == events
 
@@ -267,8 +229,7 @@ def test_an_empty_store_has_no_tip_and_no_data(open_store: StoreOpener) -> None:
     assert store.tx("00" * 32) is None
     assert store.state_get("asset/x") is None
     assert store.state_get_many(["asset/x"]) == {}
-    assert list(store.iter_state_hashes()) == []
-    assert store.state_hashes([(LOWEST_HASH, HIGHEST_HASH)]) == []
+    assert list(store.iter_state()) == []
     assert store.asset_events("x") == []
     assert store.txs_by_ref("asset", "x", limit=10) == []
     assert store.committed_unexpired(["00" * 32], 0) == set()
@@ -315,115 +276,20 @@ def test_state_reads(open_store: StoreOpener) -> None:
     assert store.state_get_many(many) == {key: builder.state[key] for key in set(many)}
 
 
-def test_iter_state_hashes_streams_every_entry_in_key_hash_order(open_store: StoreOpener) -> None:
+def test_iter_state_streams_in_code_point_order(open_store: StoreOpener) -> None:
     genesis_state: dict[StateKey, StateValue] = {
         key: {"name": key} for key in ("member/zoe", "member/Zoë", "member/é", "member/Z", "k")
     }
-    # More entries than one fetch of the SQL store's stream (STATE_ROWS_PER_FETCH).
-    genesis_state.update({f"member/m{i}": {"id": f"m{i}", "n": i} for i in range(2_500)})
     store = open_store(genesis_state=genesis_state)
     builder = build_chain(store, [30] * 3)
     expected = {**genesis_state, **builder.state}
-    streamed = list(store.iter_state_hashes())
-    assert streamed == state_entries(expected)
-    assert [key_hash for key_hash, _ in streamed] == sorted({key for key, _ in streamed})
-    assert all(type(k) is bytes and type(v) is bytes for k, v in streamed)
-    assert store.state_get_many(expected) == expected  # the values behind the hashes
-    stream = store.iter_state_hashes()
-    assert next(stream) == streamed[0]
+    stream = store.iter_state()
+    assert [key for key, _ in stream] == sorted(expected)
+    stream = store.iter_state()
+    assert next(stream) == ("asset/a-1-0", expected["asset/a-1-0"])
     stream.close()  # a stream closed half way holds nothing back
     store.commit_block(builder.next_block(2))
-    expected = {**genesis_state, **builder.state}
-    assert list(store.iter_state_hashes()) == state_entries(expected)
-    assert store.state_get_many(expected) == expected
-
-
-def test_state_hashes_are_the_entries_inside_the_ranges(open_store: StoreOpener) -> None:
-    genesis_state: dict[StateKey, StateValue] = {
-        f"member/m{i}": {"id": f"m{i}", "n": i} for i in range(2_000)
-    }
-    store = open_store(genesis_state=genesis_state)
-    builder = build_chain(store, [20, 20])
-    entries = state_entries({**genesis_state, **builder.state})
-    assert store.state_hashes([(LOWEST_HASH, HIGHEST_HASH)]) == entries
-    assert store.state_hashes([]) == []
-    # Both bounds are inclusive; a range between two neighbours is empty.
-    (first, _), (second, _) = entries[10], entries[11]
-    assert store.state_hashes([(first, second)]) == entries[10:12]
-    assert store.state_hashes([(first, first)]) == entries[10:11]
-    assert store.state_hashes([(shifted(first, 1), second)]) == entries[11:12]
-    assert store.state_hashes([(first, shifted(second, -1))]) == entries[10:11]
-    assert store.state_hashes([(shifted(first, 1), shifted(second, -1))]) == []
-    assert store.state_hashes([(entries[0][0], entries[0][0]), (entries[-1][0], HIGHEST_HASH)]) == [
-        entries[0],
-        entries[-1],
-    ]
-    # What the state tree asks for a block: a thousand 16-bit buckets (half of them holding
-    # entries, the other half mostly empty), in no particular order, several statements.
-    rng = random.Random(5)
-    occupied = sorted({int.from_bytes(key_hash[:2], "big") for key_hash, _ in entries})
-    buckets = set(rng.sample(occupied, 500))
-    while len(buckets) < 1_000:
-        buckets.add(rng.randrange(1 << 16))
-    ranges = [prefix_range(bucket, 16) for bucket in rng.sample(sorted(buckets), len(buckets))]
-    assert len(ranges) > RANGES_PER_QUERY_MAX
-    found = store.state_hashes(ranges)
-    assert found == entries_in(entries, ranges)
-    assert len(found) >= 500
-    assert all(type(entry) is tuple and type(entry[0]) is bytes for entry in found)
-    # Ranges that together cover every hash, in reverse order: every entry, once.
-    assert store.state_hashes([prefix_range(p, 10) for p in reversed(range(1 << 10))]) == entries
-
-
-def test_state_hashes_agree_across_the_stores(open_store: StoreOpener) -> None:
-    genesis_state: dict[StateKey, StateValue] = {f"k{i}": [i] for i in range(1_500)}
-    store = open_store(genesis_state=genesis_state)
-    memory = MemoryStore(
-        chain_id=TEST_CHAIN_ID, genesis_hash=TEST_GENESIS_HASH, genesis_state=genesis_state
-    )
-    builder = ChainBuilder()
-    for _ in range(3):
-        block = builder.next_block(15)
-        store.commit_block(block)
-        memory.commit_block(block)
-    rng = random.Random(11)
-    for bits in (8, 12, 16):
-        prefixes = rng.sample(range(1 << bits), min(700, 1 << bits))
-        ranges = [prefix_range(prefix, bits) for prefix in prefixes]
-        assert store.state_hashes(ranges) == memory.state_hashes(ranges)
-    assert list(store.iter_state_hashes()) == list(memory.iter_state_hashes())
-
-
-def test_state_hashes_follow_updates_and_deletes(open_store: StoreOpener) -> None:
-    store = open_store()
-    builder = build_chain(store, [4, 4])
-    shipment = hashlib.sha256(b"shipment/s-2-1").digest()
-    asset = hashlib.sha256(b"asset/a-2-1").digest()
-    (shipment_entry,) = store.state_hashes([(shipment, shipment)])
-    (asset_entry,) = store.state_hashes([(asset, asset)])
-    store.commit_block(builder.next_block(4))  # deletes shipment s-2-1, updates asset a-2-1
-    assert store.state_hashes([(shipment, shipment)]) == []
-    (updated,) = store.state_hashes([(asset, asset)])
-    assert updated[0] == asset and updated[1] != asset_entry[1]
-    assert updated == state_entries({"asset/a-2-1": builder.state["asset/a-2-1"]})[0]
-    entries = store.state_hashes([(LOWEST_HASH, HIGHEST_HASH)])
-    assert entries == state_entries(builder.state)
-    assert shipment_entry not in entries and asset_entry not in entries
-
-
-def test_state_hashes_refuse_malformed_ranges(open_store: StoreOpener) -> None:
-    store = open_store()
-    low, high = prefix_range(7, 16)
-    for ranges, message in [
-        ([(high, low)], "is reversed"),
-        ([(low[:31], high)], "32-byte bounds"),
-        ([(low, high + b"\x00")], "32-byte bounds"),
-        ([(low.hex(), high)], "32-byte bounds"),
-        ([(low, high), prefix_range(7 << 4, 20)], "overlap"),
-        ([prefix_range(8, 16), (low, shifted(high, 1))], "overlap"),
-    ]:
-        with pytest.raises(InvariantViolation, match=message):
-            store.state_hashes(ranges)  # type: ignore[arg-type]
+    assert dict(store.iter_state()) == {**genesis_state, **builder.state}
 
 
 def test_genesis_state_is_written_once_with_the_stamp(sql_url: str) -> None:
@@ -431,15 +297,13 @@ def test_genesis_state_is_written_once_with_the_stamp(sql_url: str) -> None:
     store = SqlStore(
         sql_url, chain_id=TEST_CHAIN_ID, genesis_hash=TEST_GENESIS_HASH, genesis_state=state
     )
-    builder = ChainBuilder()
-    store.commit_block(builder.next_block(1))
+    store.commit_block(ChainBuilder().next_block(1))
     store.close()
     reopened = SqlStore(
         sql_url, chain_id=TEST_CHAIN_ID, genesis_hash=TEST_GENESIS_HASH, genesis_state={"x": {}}
     )
     try:
         assert reopened.state_get_many(["member/m0", "registry", "x"]) == state
-        assert list(reopened.iter_state_hashes()) == state_entries({**state, **builder.state})
     finally:
         reopened.close()
 
@@ -721,13 +585,10 @@ def test_sqlite_blocks_go_through_one_connection_with_the_large_cache(sqlite_url
     assert readers == {-SQLITE_READ_CACHE_KIB}
 
 
-@pytest.mark.parametrize("version", ["1", "99"])  # 1: the state table keyed by key
-def test_a_database_of_another_schema_version_is_refused(sql_url: str, version: str) -> None:
+def test_a_database_of_another_schema_version_is_refused(sql_url: str) -> None:
     SqlStore(sql_url, chain_id=TEST_CHAIN_ID, genesis_hash=TEST_GENESIS_HASH).close()
-    _execute(
-        sql_url, f"UPDATE coopledger_meta SET value = '{version}' WHERE name = 'schema_version'"
-    )
-    message = rf"schema version {version}, this coopledger uses version {SCHEMA_VERSION}"
+    _execute(sql_url, "UPDATE coopledger_meta SET value = '99' WHERE name = 'schema_version'")
+    message = rf"schema version 99, this coopledger uses version {SCHEMA_VERSION}"
     with pytest.raises(SchemaVersionError, match=message):
         SqlStore(sql_url, chain_id=TEST_CHAIN_ID, genesis_hash=TEST_GENESIS_HASH)
 
@@ -828,100 +689,6 @@ def test_a_transaction_altered_in_the_database_is_detected_on_read(sql_url: str)
             store.block_txs(1)
     finally:
         store.close()
-
-
-def test_a_state_row_altered_in_the_database_is_detected_on_read(sql_url: str) -> None:
-    store = SqlStore(sql_url, chain_id=TEST_CHAIN_ID, genesis_hash=TEST_GENESIS_HASH)
-    try:
-        builder = build_chain(store, [3, 3])
-        _execute(
-            sql_url,
-            "UPDATE state SET value_json = replace(value_json, 'm1', 'm2')"
-            " WHERE key = 'asset/a-2-1'",
-        )
-        with pytest.raises(StorageError, match=r"state asset/a-2-1: its value does not hash"):
-            store.state_get("asset/a-2-1")
-        with pytest.raises(StorageError, match=r"state asset/a-2-1: .* altered or is corrupt"):
-            store.state_get_many(["asset/a-2-0", "asset/a-2-1"])
-        assert store.state_get("asset/a-2-0") == builder.state["asset/a-2-0"]
-        # A row moved to another key's hash is not served as that key's either.
-        _execute(sql_url, "UPDATE state SET key = 'asset/a-9-9' WHERE key = 'asset/a-2-2'")
-        with pytest.raises(StorageError, match=r"state asset/a-2-2: .* holds key 'asset/a-9-9'"):
-            store.state_get("asset/a-2-2")
-        assert store.state_get("asset/a-9-9") is None
-    finally:
-        store.close()
-
-
-def test_the_state_table_is_keyed_by_key_hash_without_other_indexes(sql_url: str) -> None:
-    SqlStore(sql_url, chain_id=TEST_CHAIN_ID, genesis_hash=TEST_GENESIS_HASH).close()
-    engine = create_engine(sql_url)
-    try:
-        with engine.connect() as conn:
-            tables = inspect(conn)
-            columns = [column["name"] for column in tables.get_columns("state")]
-            primary_key = tables.get_pk_constraint("state")["constrained_columns"]
-            indexes = tables.get_indexes("state") + tables.get_unique_constraints("state")
-    finally:
-        engine.dispose()
-    # value_json last: a range scan over the hashes never reads a large value's overflow.
-    assert columns == ["key_hash", "key", "value_hash", "value_json"]
-    assert primary_key == ["key_hash"]
-    assert indexes == []
-
-
-def _range_statements(store: SqlStore, ranges: list[StateEntry]) -> list[tuple[str, Any]]:
-    """The statements (and parameters) that ``store.state_hashes(ranges)`` ran."""
-    statements: list[tuple[str, Any]] = []
-
-    def record(_conn: Any, _cursor: Any, statement: str, parameters: Any, *_: Any) -> None:
-        statements.append((statement, parameters))
-
-    event.listen(Engine, "before_cursor_execute", record)
-    try:
-        store.state_hashes(ranges)
-    finally:
-        event.remove(Engine, "before_cursor_execute", record)
-    return [(sql, parameters) for sql, parameters in statements if "JOIN state" in sql]
-
-
-def test_state_hashes_take_one_statement_per_chunk_of_ranges(sql_url: str) -> None:
-    store = SqlStore(sql_url, chain_id=TEST_CHAIN_ID, genesis_hash=TEST_GENESIS_HASH)
-    try:
-        ranges = [prefix_range(bucket, 16) for bucket in range(0, 1 << 16, 65)]
-        assert len(ranges) == 1_009
-        statements = _range_statements(store, ranges)
-        # A few hundred ranges a statement: more than one statement, far fewer than ranges.
-        assert 2 <= len(statements) <= 10
-        assert len(statements) == math.ceil(len(ranges) / RANGES_PER_QUERY_MAX)
-    finally:
-        store.close()
-
-
-def test_sqlite_state_hashes_search_the_primary_key_per_range(sqlite_url: str) -> None:
-    state: dict[StateKey, StateValue] = {f"k{i}": i for i in range(3_000)}
-    store = SqlStore(
-        sqlite_url, chain_id=TEST_CHAIN_ID, genesis_hash=TEST_GENESIS_HASH, genesis_state=state
-    )
-    try:
-        ((statement, parameters),) = _range_statements(store, [prefix_range(b, 16) for b in (1, 9)])
-    finally:
-        store.close()
-    engine = create_engine(sqlite_url)
-    try:
-        with engine.connect() as conn:
-            plan = [
-                row[3]
-                for row in conn.exec_driver_sql(f"EXPLAIN QUERY PLAN {statement}", parameters)
-            ]
-    finally:
-        engine.dispose()
-    # The ranges are the outer loop; the state is searched by its primary key, never scanned.
-    (search,) = [
-        i for i, step in enumerate(plan) if "USING PRIMARY KEY (key_hash>? AND key_hash<?)" in step
-    ]
-    assert not any(re.match(r"SCAN (TABLE )?(state|s)\b", step) for step in plan), plan
-    assert plan.index("SCAN r") < search, plan
 
 
 def test_a_missing_transaction_row_is_detected_on_read(sql_url: str) -> None:

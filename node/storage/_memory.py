@@ -2,21 +2,18 @@
 
 It keeps the same canonical JSON text the SQL store keeps (so nothing a caller holds
 aliases stored values), refuses the same blocks with the same errors, and mirrors the SQL
-constraints: a ``tx_id`` is stored once, an ``(asset_id, seq)`` once. Beside the values it
-keeps the state's ``(key_hash, value_hash)`` entries sorted by key hash, as the SQL state
-table is, for the range reads of the state tree. Nothing survives the process, so there is
-no schema stamp to check.
+constraints: a ``tx_id`` is stored once, an ``(asset_id, seq)`` once. Nothing survives the
+process, so there is no schema stamp to check.
 """
 
 from __future__ import annotations
 
 import bisect
-from collections.abc import Collection, Generator, Mapping, Sequence
+from collections.abc import Collection, Generator, Mapping
 
 from node.errors import StorageError
 from node.merkle import MerkleTree
 from node.records import AssetEvent, BlockRecord, StateKey, StateValue, TxRecord, TxSummary
-from node.smt import MemoryLeaves, state_key_hash
 from node.storage._model import (
     CommittedTx,
     StoredBlock,
@@ -24,7 +21,6 @@ from node.storage._model import (
     TxRow,
     TxSummaryReads,
     check_page,
-    check_ranges,
     check_record,
     check_successor,
     checked_tx_tree,
@@ -35,7 +31,6 @@ from node.storage._model import (
     tx_row,
     tx_summary,
     unique_refs,
-    value_hash_of,
 )
 
 
@@ -59,9 +54,6 @@ class MemoryStore(TxSummaryReads):
         self._state: dict[StateKey, str] = {
             key: encode(value) for key, value in (genesis_state or {}).items()
         }
-        self._leaves = MemoryLeaves(
-            (state_key_hash(key), value_hash_of(text)) for key, text in self._state.items()
-        )
         self._expiry: dict[str, int] = {}
 
     @property
@@ -88,15 +80,11 @@ class MemoryStore(TxSummaryReads):
             for ref in unique_refs(tx):
                 self._refs.setdefault(ref, []).append(position)
         self._block_txs.append(rows)
-        leaf_changes: dict[bytes, bytes | None] = {}
         for key, text in record.state_changes.items():
             if text is None:
                 self._state.pop(key, None)
-                leaf_changes[state_key_hash(key)] = None
             else:
                 self._state[key] = text
-                leaf_changes[state_key_hash(key)] = value_hash_of(text)
-        self._leaves.apply(leaf_changes)
         for event in record.asset_events:
             self._events.setdefault(event.asset_id, {})[event.seq] = event
 
@@ -155,13 +143,10 @@ class MemoryStore(TxSummaryReads):
             if key in self._state
         }
 
-    def state_hashes(self, ranges: Sequence[tuple[bytes, bytes]]) -> list[tuple[bytes, bytes]]:
-        check_ranges(ranges)
-        return self._leaves.state_hashes(ranges)
-
-    def iter_state_hashes(self) -> Generator[tuple[bytes, bytes]]:
-        # One snapshot, as the SQL store streams from one.
-        yield from list(self._leaves.items())
+    def iter_state(self) -> Generator[tuple[StateKey, StateValue]]:
+        snapshot = dict(self._state)  # one snapshot, as the SQL store streams from one
+        for key in sorted(snapshot):
+            yield key, decode_state(key, snapshot[key])
 
     def asset_events(self, asset_id: str) -> list[AssetEvent]:
         events = self._events.get(asset_id, {})

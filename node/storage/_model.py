@@ -8,12 +8,10 @@ stores text too, which keeps callers from aliasing stored values).
 
 from __future__ import annotations
 
-import hashlib
 import json
 from abc import ABC, abstractmethod
-from collections.abc import Collection, Generator, Sequence
+from collections.abc import Collection, Generator
 from dataclasses import dataclass
-from itertools import pairwise
 from typing import Any, NamedTuple, Protocol
 
 from node.block import Commit, Header, block_hash
@@ -23,9 +21,8 @@ from node.invariant import invariant
 from node.limits import PAGE_SIZE_MAX
 from node.merkle import MerkleTree, tx_leaf
 from node.records import AssetEvent, BlockRecord, StateKey, StateValue, TxRecord, TxSummary
-from node.smt import HASH_BYTES
 
-SCHEMA_VERSION = 2
+SCHEMA_VERSION = 1
 """Version of the database layout. A store refuses a database stamped with another one
 (:class:`~node.errors.SchemaVersionError`); bump it with every change to the tables."""
 
@@ -121,20 +118,8 @@ class BlockStore(Protocol):
         """Current values of those ``keys`` that are present (absent keys are left out)."""
         ...
 
-    def state_hashes(self, ranges: Sequence[tuple[bytes, bytes]]) -> list[tuple[bytes, bytes]]:
-        """Every ``(key_hash, value_hash)`` with ``low <= key_hash <= high`` for one of the
-        disjoint inclusive ``ranges`` (32-byte bounds), sorted by key hash.
-
-        The state tree (:mod:`node.smt`) keeps only its top in memory and reads the entries
-        below it here, a thousand short ranges for a block: the SQL store reads them in one
-        statement per few hundred ranges, a primary key range scan each, and leaves the
-        values unread.
-        """
-        ...
-
-    def iter_state_hashes(self) -> Generator[tuple[bytes, bytes]]:
-        """Every ``(key_hash, value_hash)`` of the state in key hash order, streamed from one
-        snapshot: what the state tree's top is rebuilt from at start-up.
+    def iter_state(self) -> Generator[tuple[StateKey, StateValue]]:
+        """Every state entry in key order (code point order), streamed from one snapshot.
 
         Consume it or close it: the SQL store holds a connection until then.
         """
@@ -375,39 +360,3 @@ def decode_state(key: StateKey, value_text: str) -> StateValue:
     except ValueError as error:
         raise mismatch(f"state {key}", f"unreadable JSON ({error})") from error
     return value
-
-
-# --- state hashes: the state tree's entries (node/smt.py) ---------------------------------
-
-
-def value_hash_of(value_text: str) -> bytes:
-    """``SHA-256`` of a stored value's canonical JSON text (the tree's value hash)."""
-    return hashlib.sha256(value_text.encode("utf-8")).digest()
-
-
-def decode_checked_state(
-    key: StateKey, stored_key: StateKey, value_hash: bytes, value_text: str
-) -> StateValue:
-    """A state value read back by its key hash, after checking that the row holds ``key``
-    and that its text hashes to the value hash stored beside it: the hashes are what the
-    state root is built from, so a value that disagrees with them must not be served."""
-    if stored_key != key:
-        raise mismatch(f"state {key}", f"the row of its key hash holds key {stored_key!r}")
-    if value_hash_of(value_text) != value_hash:
-        raise mismatch(f"state {key}", "its value does not hash to its stored value_hash")
-    return decode_state(key, value_text)
-
-
-def check_ranges(ranges: Sequence[tuple[bytes, bytes]]) -> None:
-    """The ranges of :meth:`BlockStore.state_hashes` are inclusive 32-byte bounds, low not
-    above high, and disjoint: overlapping ones would return an entry twice."""
-    for low, high in ranges:
-        invariant(
-            isinstance(low, bytes)
-            and isinstance(high, bytes)
-            and len(low) == len(high) == HASH_BYTES,
-            f"key hash ranges have {HASH_BYTES}-byte bounds",
-        )
-        invariant(low <= high, f"key hash range {low.hex()}..{high.hex()} is reversed")
-    for (_, high), (low, _) in pairwise(sorted(ranges)):
-        invariant(high < low, f"key hash ranges overlap at {low.hex()}")

@@ -9,9 +9,7 @@ Tables (docs/architecture.md, "Storage", says why each index exists)::
                      index (expires_at_ms, tx_id)  -- deduplication index at start-up
     tx_refs          (kind, ref_id, height, tx_index) PK  -- history: one range scan
     asset_events     (asset_id, seq) PK (beside the rowid), event_hash, prev_hash, tx_id, type
-    state            key_hash PK, key, value_hash, value_json
-                     -- key_hash = SHA-256(key), value_hash = SHA-256(value_json): the state
-                     -- tree's entries, read by key-hash range; a key is read by its hash
+    state            key PK, value_json
 
 Durability: SQLite runs in WAL mode with ``synchronous=FULL`` (every commit is fsynced
 before it returns) and ``foreign_keys=ON``; PostgreSQL keeps its default
@@ -38,7 +36,6 @@ from sqlalchemy import (
     ForeignKeyConstraint,
     Index,
     Integer,
-    LargeBinary,
     MetaData,
     PrimaryKeyConstraint,
     Row,
@@ -62,7 +59,6 @@ from node.errors import SchemaVersionError, StorageError
 from node.invariant import invariant
 from node.merkle import MerkleTree
 from node.records import AssetEvent, BlockRecord, StateKey, StateValue, TxRecord, TxSummary
-from node.smt import state_key_hash
 from node.storage._model import (
     SCHEMA_VERSION,
     CommittedTx,
@@ -71,19 +67,17 @@ from node.storage._model import (
     TxRow,
     TxSummaryReads,
     check_page,
-    check_ranges,
     check_record,
     check_successor,
     check_tx_count,
     checked_tx_tree,
     decode_block,
-    decode_checked_state,
+    decode_state,
     decode_tx,
     encode,
     tx_row,
     tx_summary,
     unique_refs,
-    value_hash_of,
 )
 
 KEYS_PER_QUERY_MAX = 500
@@ -108,12 +102,8 @@ SQLITE_CHECKPOINT_PAGES = 10_000
 with its own fsync, after every block; 10,000 (40 MiB) checkpoints every few blocks, and
 pages that consecutive blocks share (the tip of every index) are copied once."""
 
-RANGES_PER_QUERY_MAX = 250
-"""Key-hash ranges in one :meth:`SqlStore.state_hashes` statement (two bound variables
-each): a block's thousand ranges take four statements."""
-
 STATE_ROWS_PER_FETCH = 1_000
-"""Rows fetched at a time while streaming the state hashes: under 100 KiB in memory."""
+"""Rows fetched at a time while streaming the state: a few hundred KiB in memory."""
 
 # Ids and keys compare by code point everywhere: SQLite's BINARY collation does that for
 # UTF-8, PostgreSQL does it with collation "C" (and its B-trees are faster for it).
@@ -180,16 +170,10 @@ asset_events_table = Table(
     PrimaryKeyConstraint("asset_id", "seq"),
 )
 
-# Keyed by key hash, the state tree's order: a tree bucket is one primary key range. There is
-# no index on key (a key is read by its hash): a random-key index would cost a page write per
-# entry a block changes. value_json is last so that on SQLite a range scan over the hashes
-# stops at the start of a row and never reads the overflow pages of a large value.
 state_table = Table(
     "state",
     metadata,
-    Column("key_hash", LargeBinary, primary_key=True),
-    Column("key", _Key, nullable=False),
-    Column("value_hash", LargeBinary, nullable=False),
+    Column("key", _Key, primary_key=True),
     Column("value_json", Text, nullable=False),
     sqlite_with_rowid=False,
 )
@@ -283,18 +267,10 @@ class SqlStore(TxSummaryReads):
             meta_table.insert(), [{"name": name, "value": value} for name, value in stamp.items()]
         )
         if genesis_state:
-            rows = []
-            for key, value in genesis_state.items():
-                text = encode(value)
-                rows.append(
-                    {
-                        "key_hash": state_key_hash(key),
-                        "key": key,
-                        "value_hash": value_hash_of(text),
-                        "value_json": text,
-                    }
-                )
-            conn.execute(state_table.insert(), rows)
+            conn.execute(
+                state_table.insert(),
+                [{"key": key, "value_json": encode(value)} for key, value in genesis_state.items()],
+            )
 
     def _check_stamp(self, conn: Connection) -> None:
         stamp = dict(conn.execute(select(meta_table.c.name, meta_table.c.value)).all())
@@ -383,55 +359,35 @@ class SqlStore(TxSummaryReads):
         return None if row is None else _committed_tx_from_row(row)
 
     def state_get(self, key: StateKey) -> StateValue | None:
-        query = _STATE_QUERY.where(state_table.c.key_hash == state_key_hash(key))
+        query = select(state_table.c.value_json).where(state_table.c.key == key)
         with _database_errors(f"reading state {key}"), self._engine.connect() as conn:
-            row = conn.execute(query).first()
-        return None if row is None else decode_checked_state(key, *row[1:])
+            text = conn.execute(query).scalar()
+        return None if text is None else decode_state(key, text)
 
     def state_get_many(self, keys: Collection[StateKey]) -> dict[StateKey, StateValue]:
-        by_hash = {state_key_hash(key): key for key in set(keys)}
-        hashes = sorted(by_hash)  # each chunk then reads neighbouring primary key pages
+        distinct = sorted(set(keys))
         found: dict[StateKey, StateValue] = {}
         with _database_errors("reading state"), self._engine.connect() as conn:
-            for start in range(0, len(hashes), KEYS_PER_QUERY_MAX):
-                chunk = hashes[start : start + KEYS_PER_QUERY_MAX]
-                query = _STATE_QUERY.where(state_table.c.key_hash.in_(chunk))
-                for key_hash, *row in conn.execute(query):
-                    key = by_hash[key_hash]
-                    found[key] = decode_checked_state(key, *row)
+            for start in range(0, len(distinct), KEYS_PER_QUERY_MAX):
+                chunk = distinct[start : start + KEYS_PER_QUERY_MAX]
+                query = select(state_table.c.key, state_table.c.value_json).where(
+                    state_table.c.key.in_(chunk)
+                )
+                for key, text in conn.execute(query):
+                    found[key] = decode_state(key, text)
         return found
 
-    def state_hashes(self, ranges: Sequence[tuple[bytes, bytes]]) -> list[tuple[bytes, bytes]]:
-        check_ranges(ranges)
-        found: list[tuple[bytes, bytes]] = []
-        postgres = self._engine.dialect.name == "postgresql"
-        with _database_errors("reading state hashes"), self._engine.connect() as conn:
-            if postgres:
-                # The planner cannot see the bounds behind the join and takes each range for
-                # a ninth of the table, so the estimated cost crosses the JIT thresholds: on
-                # a million entries compiling took 140 ms per statement, where the whole read
-                # of 1,000 ranges takes 45 ms without it. SET LOCAL: this transaction only.
-                conn.exec_driver_sql("SET LOCAL jit = off")
-            for start in range(0, len(ranges), RANGES_PER_QUERY_MAX):
-                chunk = ranges[start : start + RANGES_PER_QUERY_MAX]
-                parameters = tuple(bound for pair in chunk for bound in pair)
-                rows = conn.exec_driver_sql(_ranges_sql(postgres, len(chunk)), parameters)
-                found.extend((key_hash, value_hash) for key_hash, value_hash in rows)
-        found.sort()
-        return found
-
-    def iter_state_hashes(self) -> Generator[tuple[bytes, bytes]]:
-        query = select(state_table.c.key_hash, state_table.c.value_hash).order_by(
-            state_table.c.key_hash
-        )
+    def iter_state(self) -> Generator[tuple[StateKey, StateValue]]:
+        query = select(state_table.c.key, state_table.c.value_json).order_by(state_table.c.key)
         # The result is closed before its connection, also when the caller drops the stream
         # half way: on PostgreSQL it is a server-side cursor.
         with (
-            _database_errors("streaming the state hashes"),
+            _database_errors("streaming the state"),
             self._engine.connect() as conn,
             conn.execution_options(yield_per=STATE_ROWS_PER_FETCH).execute(query) as rows,
         ):
-            yield from ((key_hash, value_hash) for key_hash, value_hash in rows)  # not Rows
+            for key, text in rows:
+                yield key, decode_state(key, text)
 
     def asset_events(self, asset_id: str) -> list[AssetEvent]:
         table = asset_events_table
@@ -520,14 +476,9 @@ class _BlockRows:
         for tx in record.txs:
             self.txs.append((height, *tx_row(tx)))
             self.refs.extend((kind, ref_id, height, tx.index) for kind, ref_id in unique_refs(tx))
-        self.state_puts: _Parameters = []
-        self.state_deletes: _Parameters = []
-        for key, text in record.state_changes.items():
-            key_hash = state_key_hash(key)
-            if text is None:
-                self.state_deletes.append((key_hash,))
-            else:
-                self.state_puts.append((key_hash, key, value_hash_of(text), text))
+        changes = record.state_changes.items()
+        self.state_puts: _Parameters = [(key, text) for key, text in changes if text is not None]
+        self.state_deletes: _Parameters = [(key,) for key, text in changes if text is None]
         self.events: _Parameters = [
             (e.asset_id, e.seq, e.event_hash, e.prev_hash, e.tx_id, e.type)
             for e in record.asset_events
@@ -549,20 +500,14 @@ class _Writes:
         self._copy = dialect.name == "postgresql"
         upsert = (postgresql.insert if self._copy else sqlite.insert)(state_table)
         upsert = upsert.on_conflict_do_update(
-            index_elements=[state_table.c.key_hash],
-            set_={
-                "value_hash": upsert.excluded.value_hash,
-                "value_json": upsert.excluded.value_json,
-            },
+            index_elements=[state_table.c.key], set_={"value_json": upsert.excluded.value_json}
         )
-        delete = state_table.delete().where(state_table.c.key_hash == bindparam("state_key_hash"))
+        delete = state_table.delete().where(state_table.c.key == bindparam("state_key"))
         self._insert_block = self._insert_sql(dialect, blocks_table)
         self._insert_txs = self._insert_sql(dialect, txs_table)
         self._insert_refs = self._insert_sql(dialect, tx_refs_table)
-        self._upsert_state = _positional(
-            upsert, dialect, ("key_hash", "key", "value_hash", "value_json")
-        )
-        self._delete_state = _positional(delete, dialect, ("state_key_hash",))
+        self._upsert_state = _positional(upsert, dialect, ("key", "value_json"))
+        self._delete_state = _positional(delete, dialect, ("state_key",))
         self._insert_events = self._insert_sql(dialect, asset_events_table)
 
     def _insert_sql(self, dialect: Dialect, table: Table) -> str:
@@ -619,32 +564,6 @@ def _block_query() -> Any:
 
 def _block_from_row(row: _AnyRow) -> StoredBlock:
     return decode_block(row.height, row.block_hash, row.header_json, row.commit_json)
-
-
-def _ranges_sql(postgres: bool, count: int) -> str:
-    """One statement for ``count`` key-hash ranges: a table of the ranges joined to the state,
-    run as a nested loop over the ranges with one primary key range scan each (EXPLAIN
-    shows no scan of the whole table). On SQLite, CROSS JOIN keeps the ranges the outer
-    loop whatever the statistics say."""
-    state = state_table.name
-    if postgres:
-        rows = ", ".join(["(%s::bytea, %s::bytea)"] * count)
-        return (
-            f"SELECT s.key_hash, s.value_hash FROM (VALUES {rows}) AS r(lo, hi) "
-            f"JOIN {state} AS s ON s.key_hash BETWEEN r.lo AND r.hi"
-        )
-    rows = ", ".join(["(?, ?)"] * count)
-    return (
-        f"WITH r(lo, hi) AS (VALUES {rows}) SELECT s.key_hash, s.value_hash "
-        f"FROM r CROSS JOIN {state} AS s WHERE s.key_hash BETWEEN r.lo AND r.hi"
-    )
-
-
-# A state read by key hash: the key hash (which names the key asked for), then what
-# decode_checked_state checks and decodes.
-_STATE_QUERY = select(
-    state_table.c.key_hash, state_table.c.key, state_table.c.value_hash, state_table.c.value_json
-)
 
 
 _TX_COLUMNS = (  # the first five are a TxSummary's, in its order
