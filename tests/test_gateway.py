@@ -21,7 +21,13 @@ import pytest
 from typer.testing import CliRunner
 
 from gateway.app import create_app
-from gateway.auth import FailureLimiter, TokenStore, add_token, revoke_token
+from gateway.auth import (
+    TOKENS_FILE_CHECK_S,
+    FailureLimiter,
+    TokenStore,
+    add_token,
+    revoke_token,
+)
 from gateway.client import ApiError, Client
 from gateway.deps import GatewaySettings
 from gateway.schemas import Receipt
@@ -545,15 +551,21 @@ def test_tokens_file_changes_apply_without_restart(tmp_path: Path) -> None:
     issued = add_token(path, role="member", member=MEMBER_A)
     assert oct(path.stat().st_mode & 0o777) == "0o600"
     assert issued.secret not in path.read_text()
-    for gw in make_gateway(TokenStore(path)):
+    now = [0.0]
+    for gw in make_gateway(TokenStore(path, clock=lambda: now[0])):
         auth = headers(issued.secret)
         assert gw.http.get("/v1/status", headers=auth).status_code == 200
         auditor = add_token(path, role="auditor", member=None, token_id="auditor-1")
+        # The file is looked at once per TOKENS_FILE_CHECK_S, not on every request.
+        assert is_problem(gw.http.get("/v1/status", headers=headers(auditor.secret)), 401)
+        now[0] += TOKENS_FILE_CHECK_S
         assert gw.http.get("/v1/status", headers=headers(auditor.secret)).status_code == 200
         revoke_token(path, issued.entry.id)
+        now[0] += TOKENS_FILE_CHECK_S
         assert is_problem(gw.http.get("/v1/status", headers=auth), 401, "invalid-token")
         # A broken hand edit keeps the last good table instead of locking everyone out.
         path.write_text("{not json")
+        now[0] += TOKENS_FILE_CHECK_S
         assert gw.http.get("/v1/status", headers=headers(auditor.secret)).status_code == 200
 
 
@@ -578,13 +590,15 @@ def test_token_cli_adds_lists_and_revokes(tmp_path: Path) -> None:
     assert added.exit_code == 0, added.output
     secret = added.output.strip().splitlines()[-1]
     assert secret.startswith("coop_")
-    store = TokenStore(Path(path))
+    now = [0.0]
+    store = TokenStore(Path(path), clock=lambda: now[0])
     principal = store.authenticate(secret)
     assert principal is not None and principal.member == MEMBER_A
     listed = runner.invoke(app, ["token", "list", "--tokens-file", path])
     assert "cheese-erp" in listed.output and secret not in listed.output
     revoked = runner.invoke(app, ["token", "revoke", "--tokens-file", path, "cheese-erp"])
     assert revoked.exit_code == 0, revoked.output
+    now[0] += TOKENS_FILE_CHECK_S
     assert store.authenticate(secret) is None
     refused = runner.invoke(app, ["token", "add", "--tokens-file", path, "--role", "member"])
     assert refused.exit_code != 0
