@@ -123,7 +123,7 @@ def run_once(tx_count: int) -> dict[str, float]:
         locked_round=Round(0),
         locked_block=block,
     )
-    safety = SafetyFile(directory / "safety.json")
+    safety = SafetyFile(directory)
     timed("safety record persisted (locked)", lambda: safety.save(record, admitted))
     commit = consortium.commit_for(1, 0, executed.block_hash)
     prepared = timed("commit prepared", lambda: ledger.prepare_commit(executed, commit))

@@ -256,7 +256,7 @@ def test_image_is_built_from_the_whole_package_and_no_secret(dockerfile: dict[st
     assert sources == packages | {"pyproject.toml", readme.group(1)}
     ignored = (DEPLOY / "Dockerfile.dockerignore").read_text().split()
     assert ignored[ignored.index("*") - 1 :] and "*" in ignored, "a deny-all build context"
-    for secret in ("**/keys", "**/tokens.json", "**/safety.json", "**/*.sqlite*"):
+    for secret in ("**/keys", "**/tokens.json", "**/safety.json", "**/safety.[01]", "**/*.sqlite*"):
         assert secret in ignored, f"{secret} must stay out of the build context"
 
 
@@ -904,7 +904,7 @@ def test_sqlite_online_backup_of_a_live_node_verifies_and_restores(
     assert all(1 <= h <= live_height for h in heights.values()), heights
 
     # Restore: the copy replaces the database (and its WAL); the node verifies the tip at
-    # start and serves again. safety.json is the node's own, newer than the copy.
+    # start and serves again. the safety record is the node's own, newer than the copy.
     for suffix in ("", "-wal", "-shm"):
         Path(database + suffix).unlink(missing_ok=True)
     shutil.copy2(backups["sqlite3"], database)

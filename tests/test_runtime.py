@@ -145,7 +145,7 @@ def test_four_validators_agree_on_every_block(tmp_path: Path) -> None:
             hashes = {n.ledger.store.block(height).block_hash for n in nodes}  # type: ignore[union-attr]
             assert len(hashes) == 1, f"validators disagree at height {height}"
         assert len({n.ledger.state_root for n in nodes}) == 1
-        assert all((n.config.data_dir / "safety.json").exists() for n in nodes)
+        assert all((n.config.data_dir / "safety.0").exists() for n in nodes)
         status = nodes[2].status()
         assert status.height == top and all(v.connected for v in status.validators)
 

@@ -4,6 +4,8 @@ canonical encoding, so peers and a restarted node read them as before."""
 from __future__ import annotations
 
 import json
+import struct
+import zlib
 from pathlib import Path
 from typing import Any
 
@@ -17,11 +19,11 @@ from consensus.safety import SafetyRecord
 from consensus.types import Height, Round, Step, ValidatorId
 from node.codec import NESTING_DEPTH_MAX, canonical, canonical_trusted, parse_json, splice_list
 from node.consortium import make_consortium
-from node.errors import AdmissionError, EncodingError
+from node.errors import AdmissionError, ConfigError, EncodingError
 from node.invariant import InvariantViolation
 from node.ledger import ExecutedBlock, Ledger
 from node.limits import TX_BODY_FRAME_DEPTH
-from node.runtime import SafetyFile
+from node.runtime import SafetyFile, read_slot
 from node.scenario import scenario_blocks
 from node.storage import MemoryStore
 from node.tx import parse_envelope
@@ -143,7 +145,7 @@ def test_gossip_frame_spliced_from_admitted_bytes() -> None:
 
 
 def test_safety_record_with_a_locked_block_round_trips(tmp_path: Path) -> None:
-    safety = SafetyFile(tmp_path / "safety.json")
+    safety = SafetyFile(tmp_path)
     vote = Precommit(
         height=Height(BLOCK.height),
         round=Round(1),
@@ -161,16 +163,92 @@ def test_safety_record_with_a_locked_block_round_trips(tmp_path: Path) -> None:
         signed_votes=(vote,),
     )
     safety.save(record, ADMITTED)
-    assert safety.path.read_bytes() == canonical_trusted(record.to_json())
-    assert safety.load() == record
+    assert newest_slot(tmp_path) == (1, canonical_trusted(record.to_json()))
+    assert SafetyFile(tmp_path).load() == record
     with pytest.raises(InvariantViolation):
         safety.save(record, ())
     unlocked = SafetyRecord(
         height=Height(BLOCK.height + 1), round=Round(0), step=Step.PREVOTE, block_hash=None
     )
     safety.save(unlocked)
-    assert safety.load() == unlocked
-    assert json.loads(safety.path.read_text())["locked_block"] is None
+    assert SafetyFile(tmp_path).load() == unlocked
+    sequence, payload = newest_slot(tmp_path)
+    assert sequence == 2 and json.loads(payload)["locked_block"] is None
+
+
+def newest_slot(directory: Path) -> tuple[int, bytes]:
+    slots = [read_slot((directory / name).read_bytes()) for name in SafetyFile.SLOT_NAMES]
+    return max(slot for slot in slots if slot is not None)
+
+
+def records(count: int) -> list[SafetyRecord]:
+    return [
+        SafetyRecord(height=Height(h), round=Round(0), step=Step.PREVOTE, block_hash=None)
+        for h in range(1, count + 1)
+    ]
+
+
+def test_safety_slots_alternate_and_a_torn_write_leaves_the_record_before_it(
+    tmp_path: Path,
+) -> None:
+    first, second, third, fourth = records(4)
+    safety = SafetyFile(tmp_path)
+    assert safety.load() is None
+    safety.save(first)
+    safety.save(second)
+    slot_0, slot_1 = (tmp_path / name for name in SafetyFile.SLOT_NAMES)
+    assert read_slot(slot_1.read_bytes())[0] == 1  # type: ignore[index]
+    assert read_slot(slot_0.read_bytes())[0] == 2  # type: ignore[index]
+    # A crash in the middle of the third write: its slot (1) is torn, slot 0 intact.
+    safety.save(third)
+    torn = slot_1.read_bytes()
+    for cut in (5, len(torn) - 1):
+        slot_1.write_bytes(torn[:cut])
+        assert SafetyFile(tmp_path).load() == second
+    flipped = bytearray(torn)
+    flipped[-2] ^= 1
+    slot_1.write_bytes(bytes(flipped))
+    restarted = SafetyFile(tmp_path)
+    assert restarted.load() == second
+    # The restarted node writes over the torn slot, never over the newest valid record.
+    restarted.save(fourth)
+    assert read_slot(slot_0.read_bytes())[0] == 2  # type: ignore[index]
+    assert SafetyFile(tmp_path).load() == fourth
+    restarted.close()
+    safety.close()
+
+
+def test_a_safety_record_with_no_valid_slot_refuses_to_start(tmp_path: Path) -> None:
+    safety = SafetyFile(tmp_path)
+    safety.save(records(1)[0])
+    safety.save(records(2)[1])
+    safety.close()
+    for name in SafetyFile.SLOT_NAMES:
+        data = bytearray((tmp_path / name).read_bytes())
+        data[-1] ^= 1
+        (tmp_path / name).write_bytes(bytes(data))
+    with pytest.raises(ConfigError, match="corrupt safety record"):
+        SafetyFile(tmp_path).load()
+    # A valid frame around a payload that is not a safety record is refused too.
+    (tmp_path / SafetyFile.SLOT_NAMES[0]).write_bytes(slot_bytes(3, b'{"height": 0}'))
+    with pytest.raises(ConfigError, match="corrupt safety record"):
+        SafetyFile(tmp_path).load()
+
+
+def slot_bytes(sequence: int, payload: bytes) -> bytes:
+    head = struct.pack("<8sQII", b"coopsafe", sequence, len(payload), zlib.crc32(payload))
+    return head + payload
+
+
+def test_a_safety_json_of_an_earlier_version_is_read_then_replaced(tmp_path: Path) -> None:
+    first, second = records(2)
+    (tmp_path / SafetyFile.LEGACY_NAME).write_bytes(canonical_trusted(first.to_json()))
+    safety = SafetyFile(tmp_path)
+    assert safety.load() == first
+    safety.save(second)
+    assert not (tmp_path / SafetyFile.LEGACY_NAME).exists()
+    assert SafetyFile(tmp_path).load() == second
+    safety.close()
 
 
 # --- parse_frame: envelopes are checked once, by parse_envelope ----------------------------
