@@ -407,6 +407,11 @@ def test_concurrent_submissions_are_admitted_together_each_with_its_own_answer(
         later = net.envelope("later")
         assert await node.submit_many([later]) == [tx_id_of(later["body"])]
         assert batches[-1] == 1
+        # A small batch is checked on the loop (SIGNATURE_CHECKS_INLINE_MAX), as strictly.
+        other = net.envelope("later-2")
+        [refused] = await node.submit_many([dict(other, signature=later["signature"])])
+        assert isinstance(refused, AdmissionError) and refused.code == "bad-signature"
+        assert tx_id_of(other["body"]) not in node.mempool
         node._on_peer_frame("validator-2", {"type": "txs", "envelopes": flood})
         await wait_until(lambda: all(tx_id_of(e["body"]) in node.mempool for e in flood), 10)
         assert batches[-1] == 2
