@@ -192,12 +192,15 @@ class SafetyFile:
         self.slots = tuple(directory / name for name in self.SLOT_NAMES)
         self.legacy = directory / self.LEGACY_NAME
         self._sequence = 0
+        self._newest = 0
+        """Index of the slot holding the newest valid record; the next save goes to the other."""
+        self._legacy_removed = False
         self._fds: tuple[int, int] | None = None
 
     def load(self) -> SafetyRecord | None:
-        newest: tuple[int, bytes, Path] | None = None
+        newest: tuple[int, bytes, int] | None = None
         torn: list[Path] = []
-        for path in self.slots:
+        for index, path in enumerate(self.slots):
             try:
                 data = path.read_bytes()
             except FileNotFoundError:
@@ -208,14 +211,15 @@ class SafetyFile:
                     torn.append(path)
                 continue
             if newest is None or slot[0] > newest[0]:
-                newest = (slot[0], slot[1], path)
+                newest = (slot[0], slot[1], index)
         if newest is None:
             if len(torn) == len(self.slots):
                 # One write at a time can be torn, never both slots: this is not a crash.
                 raise ConfigError(str(self.directory), "$", "corrupt safety record: no valid slot")
             return self._load_legacy()
-        sequence, payload, path = newest
-        self._sequence = sequence
+        sequence, payload, index = newest
+        self._sequence, self._newest = sequence, index
+        path = self.slots[index]
         try:
             return SafetyRecord.from_json(parse_json(payload, what=str(path)))
         except EncodingError as error:
@@ -248,14 +252,15 @@ class SafetyFile:
         else:
             value["locked_block"]["transactions"] = []
             data = splice_list(canonical_trusted(value), "transactions", locked_envelopes)
-        sequence = self._sequence + 1
-        fd = self._open()[sequence % 2]
+        sequence, target = self._sequence + 1, 1 - self._newest
+        fd = self._open()[target]
         head = _SLOT_HEAD.pack(_SLOT_MAGIC, sequence, len(data), zlib.crc32(data))
         _write_all(fd, head + data)
         os.fdatasync(fd)
-        self._sequence = sequence
-        if sequence == 1 or self.legacy.exists():
+        self._sequence, self._newest = sequence, target
+        if not self._legacy_removed:
             self.legacy.unlink(missing_ok=True)
+            self._legacy_removed = True
 
     def _open(self) -> tuple[int, int]:
         if self._fds is None:

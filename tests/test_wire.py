@@ -354,3 +354,17 @@ def test_parse_frame_counts_nesting_from_the_frame_top(levels: int) -> None:
         data = frame_bytes(document)
         strict = outcome(lambda d: parse_json(d, what="peer frame"), data)
         assert outcome(parse_frame, data) == strict
+
+
+def test_a_save_never_overwrites_the_slot_with_the_newest_record(tmp_path: Path) -> None:
+    """Whatever slot the newest record is in (files moved by hand included)."""
+    first, second = records(2)
+    slot_0, slot_1 = (tmp_path / name for name in SafetyFile.SLOT_NAMES)
+    slot_1.write_bytes(slot_bytes(8, canonical_trusted(first.to_json())))
+    safety = SafetyFile(tmp_path)
+    assert safety.load() == first
+    safety.save(second)
+    assert read_slot(slot_1.read_bytes()) == (8, canonical_trusted(first.to_json()))
+    assert read_slot(slot_0.read_bytes())[0] == 9  # type: ignore[index]
+    assert SafetyFile(tmp_path).load() == second
+    safety.close()
