@@ -254,8 +254,7 @@ class SafetyFile:
             data = splice_list(canonical_trusted(value), "transactions", locked_envelopes)
         sequence, target = self._sequence + 1, 1 - self._newest
         fd = self._open()[target]
-        head = _SLOT_HEAD.pack(_SLOT_MAGIC, sequence, len(data), zlib.crc32(data))
-        _write_all(fd, head + data)
+        _write_all(fd, encode_slot(sequence, data))
         os.fdatasync(fd)
         self._sequence, self._newest = sequence, target
         if not self._legacy_removed:
@@ -283,6 +282,11 @@ class SafetyFile:
 _SLOT_MAGIC = b"coopsafe"
 _SLOT_HEAD = struct.Struct("<8sQII")
 """A slot's header: magic, sequence number, payload length, CRC-32 of the payload."""
+
+
+def encode_slot(sequence: int, payload: bytes) -> bytes:
+    """A slot's bytes: its header, then ``payload``."""
+    return _SLOT_HEAD.pack(_SLOT_MAGIC, sequence, len(payload), zlib.crc32(payload)) + payload
 
 
 def read_slot(data: bytes) -> tuple[int, bytes] | None:

@@ -904,7 +904,7 @@ def test_sqlite_online_backup_of_a_live_node_verifies_and_restores(
     assert all(1 <= h <= live_height for h in heights.values()), heights
 
     # Restore: the copy replaces the database (and its WAL); the node verifies the tip at
-    # start and serves again. the safety record is the node's own, newer than the copy.
+    # start and serves again. The safety record is the node's own, newer than the copy.
     for suffix in ("", "-wal", "-shm"):
         Path(database + suffix).unlink(missing_ok=True)
     shutil.copy2(backups["sqlite3"], database)

@@ -4,8 +4,6 @@ canonical encoding, so peers and a restarted node read them as before."""
 from __future__ import annotations
 
 import json
-import struct
-import zlib
 from pathlib import Path
 from typing import Any
 
@@ -23,7 +21,7 @@ from node.errors import AdmissionError, ConfigError, EncodingError
 from node.invariant import InvariantViolation
 from node.ledger import ExecutedBlock, Ledger
 from node.limits import TX_BODY_FRAME_DEPTH
-from node.runtime import SafetyFile, read_slot
+from node.runtime import SafetyFile, encode_slot, read_slot
 from node.scenario import scenario_blocks
 from node.storage import MemoryStore
 from node.tx import parse_envelope
@@ -230,14 +228,23 @@ def test_a_safety_record_with_no_valid_slot_refuses_to_start(tmp_path: Path) -> 
     with pytest.raises(ConfigError, match="corrupt safety record"):
         SafetyFile(tmp_path).load()
     # A valid frame around a payload that is not a safety record is refused too.
-    (tmp_path / SafetyFile.SLOT_NAMES[0]).write_bytes(slot_bytes(3, b'{"height": 0}'))
+    (tmp_path / SafetyFile.SLOT_NAMES[0]).write_bytes(encode_slot(3, b'{"height": 0}'))
     with pytest.raises(ConfigError, match="corrupt safety record"):
         SafetyFile(tmp_path).load()
 
 
-def slot_bytes(sequence: int, payload: bytes) -> bytes:
-    head = struct.pack("<8sQII", b"coopsafe", sequence, len(payload), zlib.crc32(payload))
-    return head + payload
+def test_a_save_never_overwrites_the_slot_with_the_newest_record(tmp_path: Path) -> None:
+    """Whatever slot the newest record is in (files moved by hand included)."""
+    first, second = records(2)
+    slot_0, slot_1 = (tmp_path / name for name in SafetyFile.SLOT_NAMES)
+    slot_1.write_bytes(encode_slot(8, canonical_trusted(first.to_json())))
+    safety = SafetyFile(tmp_path)
+    assert safety.load() == first
+    safety.save(second)
+    assert read_slot(slot_1.read_bytes()) == (8, canonical_trusted(first.to_json()))
+    assert read_slot(slot_0.read_bytes())[0] == 9  # type: ignore[index]
+    assert SafetyFile(tmp_path).load() == second
+    safety.close()
 
 
 def test_a_safety_json_of_an_earlier_version_is_read_then_replaced(tmp_path: Path) -> None:
@@ -354,17 +361,3 @@ def test_parse_frame_counts_nesting_from_the_frame_top(levels: int) -> None:
         data = frame_bytes(document)
         strict = outcome(lambda d: parse_json(d, what="peer frame"), data)
         assert outcome(parse_frame, data) == strict
-
-
-def test_a_save_never_overwrites_the_slot_with_the_newest_record(tmp_path: Path) -> None:
-    """Whatever slot the newest record is in (files moved by hand included)."""
-    first, second = records(2)
-    slot_0, slot_1 = (tmp_path / name for name in SafetyFile.SLOT_NAMES)
-    slot_1.write_bytes(slot_bytes(8, canonical_trusted(first.to_json())))
-    safety = SafetyFile(tmp_path)
-    assert safety.load() == first
-    safety.save(second)
-    assert read_slot(slot_1.read_bytes()) == (8, canonical_trusted(first.to_json()))
-    assert read_slot(slot_0.read_bytes())[0] == 9  # type: ignore[index]
-    assert SafetyFile(tmp_path).load() == second
-    safety.close()
