@@ -19,8 +19,8 @@ Rules.
   ``coopledger token add|revoke`` takes effect on a running node without a restart, within
   :data:`TOKENS_FILE_CHECK_S`: the file is looked at (one ``stat``) at most that often, not
   on every request. Writers
-  replace it atomically (write a temporary file, then rename), so a reader never sees half
-  a file; an unreadable file keeps the last good table and is logged.
+  replace it atomically and durably (:func:`node.files.write_atomically`), so a reader
+  never sees half a file; an unreadable file keeps the last good table and is logged.
 * Failed attempts are counted per client address in a bounded table: after
   :data:`AUTH_FAILURES_MAX` failures within :data:`AUTH_FAILURE_WINDOW_S` the client is
   refused (429) until the window passes, whatever it presents.
@@ -32,9 +32,7 @@ import hashlib
 import hmac
 import json
 import logging
-import os
 import secrets
-import tempfile
 import time
 from collections import OrderedDict
 from collections.abc import Callable
@@ -44,6 +42,7 @@ from typing import Literal
 
 from node.codec import is_hex, parse_json
 from node.errors import ConfigError, EncodingError
+from node.files import write_atomically
 from node.validation import check_id
 
 log = logging.getLogger("coopledger.gateway.auth")
@@ -177,18 +176,7 @@ def read_tokens(path: Path) -> tuple[TokenEntry, ...]:
 def write_tokens(path: Path, entries: tuple[TokenEntry, ...]) -> None:
     """Replace the tokens file atomically (mode 0600), so a running node never reads half."""
     text = json.dumps({"tokens": [entry.to_json() for entry in entries]}, indent=2) + "\n"
-    path.parent.mkdir(parents=True, exist_ok=True)
-    handle, temporary = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
-    try:
-        with os.fdopen(handle, "w", encoding="utf-8") as file:
-            file.write(text)
-            file.flush()
-            os.fsync(file.fileno())
-        os.chmod(temporary, 0o600)
-        os.replace(temporary, path)
-    except BaseException:
-        Path(temporary).unlink(missing_ok=True)
-        raise
+    write_atomically(path, text.encode("utf-8"), mode=0o600)
 
 
 def add_token(

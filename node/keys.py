@@ -7,7 +7,6 @@ could read must be treated as leaked.
 
 from __future__ import annotations
 
-import os
 import stat
 from dataclasses import dataclass
 from pathlib import Path
@@ -15,6 +14,7 @@ from pathlib import Path
 from node.codec import canonical, is_hex, parse_json
 from node.crypto import KeyPair
 from node.errors import ConfigError, EncodingError
+from node.files import write_atomically
 from node.validation import check_id
 
 KEY_FILE_BYTES_MAX = 4096
@@ -48,13 +48,7 @@ def write_key_file(path: Path, key_file: KeyFile, *, overwrite: bool = False) ->
     """Write ``key_file`` to ``path`` (mode 0600, atomically); never replace a key by accident."""
     if path.exists() and not overwrite:
         raise ConfigError(str(path), "$", "file exists; refusing to overwrite a key")
-    temporary = path.with_name(path.name + ".tmp")
-    descriptor = os.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-    with os.fdopen(descriptor, "wb") as handle:
-        handle.write(canonical(key_file.to_json()) + b"\n")
-        handle.flush()
-        os.fsync(handle.fileno())
-    os.replace(temporary, path)
+    write_atomically(path, canonical(key_file.to_json()) + b"\n", mode=0o600)
 
 
 def parse_key_file(data: bytes, source: str) -> KeyFile:

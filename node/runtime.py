@@ -67,6 +67,7 @@ from node.codec import canonical, canonical_trusted, parse_json, splice_list
 from node.config import NodeConfig
 from node.crypto import KeyPair
 from node.errors import AdmissionError, ConfigError, CoopledgerError, EncodingError, ProofError
+from node.files import fsync_directory
 from node.genesis import Genesis, load_genesis
 from node.invariant import invariant
 from node.keys import read_key_file
@@ -269,7 +270,7 @@ class SafetyFile:
                 os.open(self.slots[1], os.O_RDWR | os.O_CREAT, 0o644),
             )
             if created:
-                _fsync_directory(self.directory)
+                fsync_directory(self.directory)
         return self._fds
 
     def close(self) -> None:
@@ -305,14 +306,6 @@ def _write_all(fd: int, data: bytes) -> None:
     offset = 0
     while offset < len(view):
         offset += os.pwrite(fd, view[offset:], offset)
-
-
-def _fsync_directory(directory: Path) -> None:
-    handle = os.open(directory, os.O_RDONLY)
-    try:
-        os.fsync(handle)
-    finally:
-        os.close(handle)
 
 
 class DataDirLock:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import stat
 import subprocess
 import sys
 from pathlib import Path
@@ -11,6 +12,7 @@ from typing import Any
 
 import pytest
 
+from node import files
 from node.consortium import make_consortium
 from node.errors import ConfigError
 from node.genesis import load_genesis, parse_genesis, quorum, write_genesis
@@ -188,3 +190,40 @@ def test_cli_genesis_from_public_keys_only(tmp_path: Path) -> None:
         f"{shared[4]}=member=A",
     )
     assert bad.returncode == 2 and "public key" in bad.stderr
+
+
+def test_write_atomically_replaces_whole_and_makes_the_rename_durable(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    target = tmp_path / "secret.json"
+    target.write_bytes(b"old")
+    synced: list[str] = []
+    fsync = os.fsync
+
+    def recording(fd: int) -> None:
+        synced.append("directory" if stat.S_ISDIR(os.fstat(fd).st_mode) else "file")
+        fsync(fd)
+
+    monkeypatch.setattr(os, "fsync", recording)
+    files.write_atomically(target, b"new")
+    assert target.read_bytes() == b"new"
+    assert stat.S_IMODE(target.stat().st_mode) == 0o600
+    # The contents before the rename, the directory (the rename itself) after it.
+    assert synced == ["file", "directory"]
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["secret.json"]
+
+
+def test_write_atomically_that_fails_leaves_the_old_file_and_no_temporary(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    target = tmp_path / "tokens.json"
+    target.write_bytes(b"old")
+
+    def failing(source: str, destination: Path) -> None:
+        raise OSError("disk full")
+
+    monkeypatch.setattr(os, "replace", failing)
+    with pytest.raises(OSError, match="disk full"):
+        files.write_atomically(target, b"new")
+    assert target.read_bytes() == b"old"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["tokens.json"]
