@@ -30,7 +30,7 @@ from gateway.auth import (
 )
 from gateway.client import ApiError, Client
 from gateway.deps import GatewaySettings
-from gateway.schemas import Receipt
+from gateway.schemas import BatchAccepted, Receipt
 from node.audit import verify_bundle
 from node.cli import app
 from node.consortium import Consortium, make_consortium
@@ -662,6 +662,13 @@ def test_openapi_declares_every_route_with_its_errors(gw: Gateway) -> None:
     }
     assert "Envelope" in document["components"]["schemas"]
     assert document["components"]["securitySchemes"]["HTTPBearer"]["scheme"] == "bearer"
+    for path, method, operation in operations:
+        if path not in ("/healthz", "/openapi.json"):
+            assert operation.get("security") == [{"HTTPBearer": []}], (path, method)
+    batch = document["paths"]["/v1/transaction-batches"]["post"]
+    assert batch["responses"]["200"]["content"]["application/json"]["schema"] == {
+        "$ref": "#/components/schemas/BatchAccepted"
+    }
 
 
 def test_batch_submission_admits_each_envelope_on_its_own(gw: Gateway) -> None:
@@ -682,6 +689,11 @@ def test_batch_submission_admits_each_envelope_on_its_own(gw: Gateway) -> None:
     assert [r["status"] for r in results] == ["pending"] * 3 + ["refused"] * 2
     assert [r["code"] for r in results[3:]] == ["bad-signature", "duplicate-tx"]
     assert response.json()["admitted"] == 3
+    # The route serialises its model itself (gateway.routes.transactions.submit_batch):
+    # every field, null included, as the declared response model has them.
+    assert BatchAccepted.model_validate(response.json()).model_dump() == response.json()
+    assert set(results[0]) == set(results[3]) == {"tx_id", "status", "code", "detail"}
+    assert results[3]["tx_id"] is None and results[0]["code"] is None
     for result in results[:3]:
         assert (
             gw.http.get(
@@ -691,6 +703,15 @@ def test_batch_submission_admits_each_envelope_on_its_own(gw: Gateway) -> None:
         )
     auditor = gw.http.post("/v1/transaction-batches", json=body, headers=headers(TOKENS["auditor"]))
     assert is_problem(auditor, 403, "role-forbidden")
+    missing = gw.http.post("/v1/transaction-batches", json=body)
+    assert is_problem(missing, 401, "unauthenticated")
+    assert missing.headers["www-authenticate"] == "Bearer"
+    basic = gw.http.post(
+        "/v1/transaction-batches", json=body, headers={"Authorization": "Basic bWU6cHc="}
+    )
+    assert is_problem(basic, 401, "unauthenticated")
+    guess = gw.http.post("/v1/transaction-batches", json=body, headers=headers("guess"))
+    assert is_problem(guess, 401, "invalid-token")
     too_many = gw.http.post(
         "/v1/transaction-batches",
         json={"envelopes": [good[0]] * 501},
