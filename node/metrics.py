@@ -40,14 +40,17 @@ class NodeMetrics:
             "coopledger_height", "Height of the last committed block.", registry=registry
         )
         self.blocks_committed = Counter(
-            "coopledger_blocks_committed", "Blocks committed by this node.", registry=registry
+            "coopledger_blocks_committed",
+            "Blocks committed by this node and written to its database.",
+            registry=registry,
         )
         self.txs_committed = Counter(
             "coopledger_txs_committed", "Transactions in committed blocks.", registry=registry
         )
         self.commit_latency = Histogram(
             "coopledger_commit_latency_seconds",
-            "Time from the start of a height on this node to its commit.",
+            "Time from the start of a height on this node to its decision "
+            "(the database write follows in the background).",
             buckets=LATENCY_BUCKETS_S,
             registry=registry,
         )
@@ -65,7 +68,8 @@ class NodeMetrics:
         )
         self.block_storage = Histogram(
             "coopledger_block_storage_seconds",
-            "Storing a committed block in one database transaction.",
+            "Writing a decided block to the database in one transaction "
+            "(in the background, while the next height runs).",
             buckets=WORK_BUCKETS_S,
             registry=registry,
         )
