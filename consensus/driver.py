@@ -33,11 +33,8 @@ class Ready:
     """Everything the runtime must do, grouped by duty. Handle the fields in this order."""
 
     commits: tuple[CommitBlock, ...] = ()
-    """Decided blocks, in height order. Execute each and make it durable, in order, before
-    anything else of this Ready: a later build or validation builds on them, and a later
-    message may be signed at the next height, after which the safety record no longer locks
-    the block. Durable means a restart finds it; the runtime may finish writing it to its
-    database while the next height runs (node/runtime.py, "Storing in the background")."""
+    """Decided blocks, in height order. Execute and store each durably, in order, before
+    anything else of this Ready: a later build or validation builds on them."""
 
     persist: SafetyRecord | None = None
     """The latest safety record. Write it durably *before sending any message* of this

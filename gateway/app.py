@@ -105,7 +105,7 @@ def create_app(
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         # The node owns the ledger's lifetime; the gateway only checks it can read it.
-        app.state.started_height = services.ledger.durable_height
+        app.state.started_height = services.ledger.height
         yield
 
     app = FastAPI(

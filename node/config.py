@@ -5,7 +5,7 @@
     {"validator_id": "validator-0",
      "key_file": "keys/validator-0.json",        # the validator's own key (mode 0600)
      "genesis": "genesis.json",
-     "data_dir": "data/validator-0",             # safety record, decided block, node.lock
+     "data_dir": "data/validator-0",             # safety record, node.lock
      "database": "sqlite:///data/validator-0/ledger.sqlite",   # or postgresql+psycopg://...
      "peer_listen": "127.0.0.1:26600",
      "api_listen": "127.0.0.1:8600",

@@ -15,16 +15,6 @@ consensus may still pick another block. :meth:`Ledger.commit` stores the execute
 its commit certificate in one database transaction. :meth:`Ledger.apply_synced_block` is
 the path of a node catching up: verify the commit, re-execute, compare roots, store.
 
-A commit comes in two phases so that a validator can write a block to its database while
-consensus decides the next one (node/runtime.py): :meth:`Ledger.decide` makes the block
-the tip that execution extends (:attr:`height`) and returns the record to store;
-:meth:`Ledger.stored` follows once the store holds it. In between, at most one block, the
-*unstored* one, is ahead of the database: the next block executes on its state (an
-overlay of its changes, never evicted, in front of the cache), the replay check knows its
-transactions, and everything read for others (:meth:`state_get`, :meth:`durable_proofs`,
-:attr:`durable_height`) describes the stored chain, which the store's own reads describe
-too.
-
 Block 1 carries the genesis state (members and their keys) in its state changes, so
 ``state_root`` always covers the whole state and the database holds nothing but blocks.
 """
@@ -32,8 +22,7 @@ Block 1 carries the genesis state (members and their keys) in its state changes,
 from __future__ import annotations
 
 from collections import OrderedDict
-from collections.abc import Callable, Iterable, Iterator, Sequence
-from contextlib import contextmanager
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -123,41 +112,6 @@ class _CachedReader:
             self._cache.popitem(last=False)
 
 
-class _Overlay:
-    """Reads the changes of the unstored block first, then the durable state."""
-
-    __slots__ = ("_base", "_changes")
-
-    def __init__(self, base: _CachedReader, changes: dict[StateKey, StateValue | None]) -> None:
-        self._base = base
-        self._changes = changes
-
-    def get(self, key: StateKey) -> StateValue | None:
-        changes = self._changes
-        if key in changes:
-            return changes[key]
-        return self._base.get(key)
-
-
-@dataclass(frozen=True, slots=True)
-class _Layer:
-    """A block's changes to the state tree, and the changes that undo them."""
-
-    block_hash: str
-    inverse: dict[bytes, bytes | None]
-    forward: dict[bytes, bytes | None]
-
-
-@dataclass(frozen=True, slots=True)
-class _Unstored:
-    """The decided block whose database write has not finished (:meth:`Ledger.decide`)."""
-
-    executed: ExecutedBlock
-    layer: _Layer
-    tx_ids: frozenset[str]
-    previous_timestamp_ms: int
-
-
 def _payload_keys(body: dict[str, Any]) -> list[StateKey]:
     """State keys a transaction will read, from its payload alone (for one batched read)."""
     payload = body["payload"]
@@ -210,70 +164,40 @@ class Ledger:
             )
         self._recent = DedupIndex(RECENT_TX_IDS_MAX, complete_above_ms=store.latest_expiry_ms())
         """Recently committed tx ids: the fast front of the store's deduplication index."""
-        self._pending: _Layer | None = None
-        """The executed block not yet decided (consensus may still pick another), applied to
-        the tree on top of the unstored one."""
-        self._unstored: _Unstored | None = None
-        """The decided block the store does not hold yet (:meth:`decide`, :meth:`stored`)."""
+        self._pending: tuple[str, dict[bytes, bytes | None], dict[bytes, bytes | None]] | None = (
+            None
+        )
+        """The executed, uncommitted block applied to the tree: its hash, the changes that
+        undo it and the changes that redo it."""
 
-    # --- reads for others: the stored chain ------------------------------------------------
+    # --- reads ---------------------------------------------------------------------------
 
     @property
     def state_root(self) -> str:
-        """The tree's root as it stands: of block :attr:`height`, or of an executed block
-        not yet decided."""
         return self._tree.root().hex()
 
-    @property
-    def durable_height(self) -> int:
-        """The height of the last block the store holds (:attr:`height`, or one less while
-        the tip's database write goes on)."""
-        return self.height - 1 if self._unstored is not None else self.height
-
-    @property
-    def durable_block_hash(self) -> str:
-        unstored = self._unstored
-        return self.last_block_hash if unstored is None else unstored.executed.header["prev_hash"]
-
-    @property
-    def durable_timestamp_ms(self) -> int:
-        unstored = self._unstored
-        return self.last_timestamp_ms if unstored is None else unstored.previous_timestamp_ms
-
     def state_get(self, key: StateKey) -> StateValue | None:
-        """The state of block :attr:`durable_height`, as the store holds it. Blocks executed
-        or decided after it are not visible here, so what a client reads agrees with the
-        blocks and history the store serves. (The cache holds stored values only: a decided
-        block's changes enter it once the store holds them, :meth:`stored`.)"""
+        """Committed state. A block being executed is not visible here: its changes live in
+        its own ChangeSet, so reading leaves the executed block (and its state root) intact
+        for the commit that usually follows."""
         return self._reader.get(key)
 
     def state_proof(self, key: StateKey) -> tuple[StateValue | None, StateProof]:
-        """The value of ``key`` at block :attr:`durable_height` and its proof against that
-        block's ``state_root``: inclusion of the value, or the key's absence."""
-        with self.durable_proofs() as prove:
-            return prove(key)
+        """The committed value of ``key`` and its proof against :attr:`state_root`.
 
-    @contextmanager
-    def durable_proofs(
-        self,
-    ) -> Iterator[Callable[[StateKey], tuple[StateValue | None, StateProof]]]:
-        """A function giving what :meth:`state_proof` gives, for several keys against one root.
-
-        The blocks ahead of the store are taken off the tree once for all of them and put
-        back on leaving (each costs a tree update of a block's changes, so a bundle of many
-        assets proves them inside one ``with``). Nothing may execute or commit inside it.
+        The root is the ``state_root`` of block :attr:`height`; the proof shows inclusion of
+        the value, or the key's absence.
         """
-        layers = [layer for layer in (self._pending, self._unstored_layer()) if layer]
-        for layer in layers:  # the newest first: each inverse undoes what lies on top
-            self._tree.update(layer.inverse)
+        if self._pending is None:
+            return self._reader.get(key), self._tree.prove(state_key_hash(key))
+        # A block is executed (perhaps being written right now): prove against the
+        # committed tree, then put the block's changes back.
+        _, inverse, forward = self._pending
+        self._tree.update(inverse)
         try:
-            yield lambda key: (self.state_get(key), self._tree.prove(state_key_hash(key)))
+            return self._reader.get(key), self._tree.prove(state_key_hash(key))
         finally:
-            for layer in reversed(layers):
-                self._tree.update(layer.forward)
-
-    def _unstored_layer(self) -> _Layer | None:
-        return None if self._unstored is None else self._unstored.layer
+            self._tree.update(forward)
 
     def committed_among(self, txs: Sequence[Transaction]) -> set[str]:
         """The ids of those of ``txs`` committed and not yet expired: the replay check.
@@ -282,15 +206,10 @@ class Ledger:
         about transactions the memory cannot vouch for: those expiring no later than the
         latest expiry it forgot early (or held in the store at start-up). So the memory this
         takes is bounded whatever the rate, and a client that sets its expiries as it signs
-        (now plus a window) is checked without a database read. The transactions of the
-        unstored block are looked up in it: the recent ones may have forgotten them early,
-        and the store does not hold them yet.
+        (now plus a window) is checked without a database read.
         """
         recent = self._recent
         found = {tx.tx_id for tx in txs if tx.tx_id in recent}
-        if self._unstored is not None:
-            unstored = self._unstored.tx_ids
-            found.update(tx.tx_id for tx in txs if tx.tx_id in unstored)
         bound = recent.complete_above_ms
         rest = [tx.tx_id for tx in txs if tx.expires_at_ms <= bound and tx.tx_id not in found]
         if rest:
@@ -391,14 +310,8 @@ class Ledger:
         context = BlockContext(
             chain_id=self.genesis.chain_id, height=height, timestamp_ms=timestamp_ms
         )
-        keys = (key for tx in txs for key in _payload_keys(tx.body))
-        reader: _CachedReader | _Overlay = self._reader
-        if self._unstored is not None:
-            decided = self._unstored.executed.changes
-            keys = (key for key in keys if key not in decided)
-            reader = _Overlay(self._reader, decided)
-        self._reader.prefetch(keys)
-        changes = ChangeSet(reader)
+        self._reader.prefetch(key for tx in txs for key in _payload_keys(tx.body))
+        changes = ChangeSet(self._reader)
         if height == 1:
             for key, value in genesis_changes(self.genesis).items():
                 changes.put(key, value)
@@ -434,7 +347,7 @@ class Ledger:
             "tx_count": len(txs),
         }
         hash_ = block_hash(header)
-        self._pending = _Layer(hash_, inverse, tree_changes)
+        self._pending = (hash_, inverse, tree_changes)
         return ExecutedBlock(
             header=header,
             block_hash=hash_,
@@ -446,30 +359,28 @@ class Ledger:
 
     def _revert_pending(self) -> None:
         if self._pending is not None:
-            self._tree.update(self._pending.inverse)
+            self._tree.update(self._pending[1])
             self._pending = None
 
     # --- commit ------------------------------------------------------------------------------
 
     def commit(self, executed: ExecutedBlock, commit: Commit) -> BlockRecord:
         """Store ``executed`` with its certificate; the commit must be valid for it."""
-        record = self.decide(executed, commit)
+        record = self.prepare_commit(executed, commit)
         self.store.commit_block(record)
-        self.stored(executed)
+        self.finish_commit(executed)
         return record
 
-    def decide(self, executed: ExecutedBlock, commit: Commit) -> BlockRecord:
-        """:meth:`commit`'s first phase: check the certificate, make ``executed`` the tip that
-        execution extends, and return the record to store.
+    def prepare_commit(self, executed: ExecutedBlock, commit: Commit) -> BlockRecord:
+        """:meth:`commit` in phases: check and build the record to store.
 
-        The caller writes the record with ``store.commit_block`` (in another thread if it
-        likes: nothing it reads changes meanwhile), then calls :meth:`stored`. Blocks may
-        execute meanwhile, on top of this one; the next ``decide`` must wait for ``stored``.
+        The caller writes it with ``store.commit_block`` (possibly in another thread: the
+        ledger's memory is not touched meanwhile) and then calls :meth:`finish_commit`.
+        Nothing else may execute or commit on this ledger between the phases.
         """
         verify_commit(self.genesis, commit, executed.block_hash, executed.height)
-        invariant(self._unstored is None, "decide before the previous block was stored")
         invariant(executed.height == self.height + 1, "commit out of order")
-        if self._pending is None or self._pending.block_hash != executed.block_hash:
+        if self._pending is None or self._pending[0] != executed.block_hash:
             # Another block was executed since (a different round's proposal): redo this one.
             redone = self.execute(
                 executed.txs,
@@ -478,31 +389,22 @@ class Ledger:
                 round_=executed.header["round"],
             )
             invariant(redone.block_hash == executed.block_hash, "re-execution diverged")
-        record = self._record(executed, commit)
-        assert self._pending is not None
-        self._unstored = _Unstored(
-            executed=executed,
-            layer=self._pending,
-            tx_ids=frozenset(tx.tx_id for tx in executed.txs),
-            previous_timestamp_ms=self.last_timestamp_ms,
+        return self._record(executed, commit)
+
+    def finish_commit(self, executed: ExecutedBlock) -> None:
+        """After the record of ``executed`` is durably stored: advance the ledger to it."""
+        invariant(
+            self._pending is not None and self._pending[0] == executed.block_hash,
+            "finish_commit without the block's prepare_commit",
         )
         self._pending = None
+        self._reader.applied(executed.changes)
         self.height = executed.height
         self.last_block_hash = executed.block_hash
         self.last_timestamp_ms = executed.header["timestamp_ms"]
         for tx in executed.txs:
             self._recent.add(tx.tx_id, tx.expires_at_ms)
         self._recent.prune(self.last_timestamp_ms)
-        return record
-
-    def stored(self, executed: ExecutedBlock) -> None:
-        """:meth:`commit`'s second phase: the store now holds ``executed`` (decided last)."""
-        invariant(
-            self._unstored is not None and self._unstored.executed is executed,
-            "stored() for a block that is not the decided, unstored one",
-        )
-        self._reader.applied(executed.changes)
-        self._unstored = None
 
     def apply_synced_block(
         self, header: object, envelopes: Sequence[object], commit: object

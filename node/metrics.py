@@ -40,17 +40,14 @@ class NodeMetrics:
             "coopledger_height", "Height of the last committed block.", registry=registry
         )
         self.blocks_committed = Counter(
-            "coopledger_blocks_committed",
-            "Blocks committed by this node and written to its database.",
-            registry=registry,
+            "coopledger_blocks_committed", "Blocks committed by this node.", registry=registry
         )
         self.txs_committed = Counter(
             "coopledger_txs_committed", "Transactions in committed blocks.", registry=registry
         )
         self.commit_latency = Histogram(
             "coopledger_commit_latency_seconds",
-            "Time from the start of a height on this node to its decision "
-            "(the database write follows in the background).",
+            "Time from the start of a height on this node to its commit.",
             buckets=LATENCY_BUCKETS_S,
             registry=registry,
         )
@@ -68,8 +65,7 @@ class NodeMetrics:
         )
         self.block_storage = Histogram(
             "coopledger_block_storage_seconds",
-            "Writing a decided block to the database in one transaction "
-            "(in the background, while the next height runs).",
+            "Storing a committed block in one database transaction.",
             buckets=WORK_BUCKETS_S,
             registry=registry,
         )

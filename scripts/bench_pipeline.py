@@ -4,10 +4,10 @@ Not a test. Runs a block of N signed provenance transactions through what a vali
 with each, without sockets, HTTP or other validators: parse a gossip frame, parse and check
 each envelope, verify its signature, admit it to the mempool, execute the block as
 proposer, splice and parse the proposal frame, persist the safety record with the block
-locked, log the decided block, and store the block (SQLite in a temporary directory).
-Prints the best of ``--repeat`` runs per stage in microseconds per transaction, so that
-the difference to ``coopledger bench``'s CPU per transaction is what the network runtime
-adds (event loop, HTTP, frames, consensus messages). Usage:
+locked, and store the block (SQLite in a temporary directory). Prints the best of
+``--repeat`` runs per stage in microseconds per transaction, so that the difference to
+``coopledger bench``'s CPU per transaction is what the network runtime adds (event loop,
+HTTP, frames, consensus messages). Usage:
 
     .venv/bin/python scripts/bench_pipeline.py [--txs 2000] [--repeat 5]
 """
@@ -32,10 +32,10 @@ from consensus.safety import SafetyRecord
 from consensus.types import Height, Round, Step, ValidatorId
 from node.codec import canonical, parse_json
 from node.consortium import make_consortium
-from node.datadir import DecidedBlockLog, SafetyFile
 from node.errors import AdmissionError
 from node.ledger import Ledger
 from node.mempool import Mempool
+from node.runtime import SafetyFile
 from node.storage import SqlStore
 from node.tx import check_signature
 from node.wire import (
@@ -126,15 +126,9 @@ def run_once(tx_count: int) -> dict[str, float]:
     safety = SafetyFile(directory)
     timed("safety record persisted (locked)", lambda: safety.save(record, admitted))
     commit = consortium.commit_for(1, 0, executed.block_hash)
-    prepared = timed("block decided", lambda: ledger.decide(executed, commit))
-    decided_log = DecidedBlockLog(directory)
-    timed(
-        "decided block logged",
-        lambda: decided_log.save(executed.header, commit, admitted),
-    )
+    prepared = timed("commit prepared", lambda: ledger.prepare_commit(executed, commit))
     timed("block stored", lambda: store.commit_block(prepared))
-    timed("ledger advanced", lambda: ledger.stored(executed))
-    decided_log.close()
+    timed("ledger advanced", lambda: ledger.finish_commit(executed))
     timed("mempool cleared", lambda: mempool.remove(tx.tx_id for tx in txs))
     store.close()
     shutil.rmtree(directory)

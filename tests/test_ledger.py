@@ -10,12 +10,10 @@ import pytest
 
 from node.consortium import Consortium, make_consortium
 from node.errors import AdmissionError, ProofError
-from node.invariant import InvariantViolation
 from node.ledger import ExecutedBlock, Ledger
-from node.records import BlockRecord
 from node.rules import genesis_changes
 from node.scenario import scenario_blocks
-from node.smt import SparseMerkleTree, state_key_hash, state_value_hash, verify_state_proof
+from node.smt import SparseMerkleTree, state_key_hash, state_value_hash
 from node.storage import BlockStore, MemoryStore
 from node.tx import parse_envelope
 
@@ -253,101 +251,3 @@ def test_replays_are_refused_after_the_front_forgets_them_and_after_restart(
         "alpine-cheese", "asset.register", lot("new"), expires_at_ms=t0 + 90_000
     )
     assert restarted.admit(fresh_tx, t0 + 1000).tx_id == parse_envelope(fresh_tx).tx_id
-
-
-# --- a block decided before the previous one is stored (node/runtime.py, pipelining) ----------
-
-
-def execute_block(
-    ledger: Ledger, consortium: Consortium, time_ms: int, envelopes: list[dict[str, Any]]
-) -> ExecutedBlock:
-    txs = [parse_envelope(envelope) for envelope in envelopes]
-    return ledger.execute(txs, timestamp_ms=time_ms, proposer="validator-0")
-
-
-def decide(ledger: Ledger, consortium: Consortium, executed: ExecutedBlock) -> BlockRecord:
-    return ledger.decide(executed, consortium.commit_for(executed.height, 0, executed.block_hash))
-
-
-def test_the_next_block_executes_on_a_decided_block_the_store_does_not_hold_yet(
-    fresh: tuple[Consortium, Ledger], monkeypatch: pytest.MonkeyPatch
-) -> None:
-    consortium, ledger = fresh
-    # A one-entry cache: the decided block's values must come from its overlay, never from
-    # the store, which does not hold them yet.
-    monkeypatch.setattr("node.ledger.STATE_CACHE_ENTRIES_MAX", 1)
-    t0 = consortium.genesis.genesis_time_ms + 1000
-    expiry = t0 + 60_000
-    register = consortium.sign("alpine-cheese", "asset.register", lot("a"), expires_at_ms=expiry)
-    transfer = consortium.sign(
-        "alpine-cheese", "asset.transfer", {"asset_id": "a", "to": "valley-bakery"},
-        expires_at_ms=expiry,
-    )  # fmt: skip
-    first = execute_block(ledger, consortium, t0, [register])
-    record = decide(ledger, consortium, first)
-    assert (ledger.height, ledger.durable_height) == (1, 0)
-    assert ledger.state_get("asset/a") is None  # reads for others: the stored chain
-    second = execute_block(ledger, consortium, t0 + 1000, [transfer])
-    assert second.outcomes[0].code == "ok"  # the asset block 1 registered is there
-    with pytest.raises(InvariantViolation):
-        decide(ledger, consortium, second)  # one block at a time ahead of the store
-    ledger.store.commit_block(record)
-    ledger.stored(first)
-    assert ledger.durable_height == 1 and ledger.state_get("asset/a") is not None
-    ledger.store.commit_block(decide(ledger, consortium, second))
-    ledger.stored(second)
-    assert ledger.state_get("asset/a")["owner"] == "valley-bakery"  # type: ignore[index]
-    assert reference_root(ledger.store) == ledger.state_root == second.header["state_root"]
-
-
-def test_a_transaction_of_the_unstored_block_cannot_be_replayed_in_the_next(
-    monkeypatch: pytest.MonkeyPatch,
-) -> None:
-    # No recent ids kept in memory: only the store and the unstored block can vouch.
-    monkeypatch.setattr("node.ledger.RECENT_TX_IDS_MAX", 0)
-    consortium = make_consortium()
-    genesis = consortium.genesis
-    ledger = Ledger(genesis, MemoryStore(chain_id=genesis.chain_id, genesis_hash=genesis.hash))
-    t0 = genesis.genesis_time_ms + 1000
-    envelope = consortium.sign("alpine-cheese", "asset.register", lot("a"), expires_at_ms=t0 + 9000)
-    decide(ledger, consortium, execute_block(ledger, consortium, t0, [envelope]))
-    with pytest.raises(AdmissionError) as caught:
-        execute_block(ledger, consortium, t0 + 1000, [envelope])
-    assert caught.value.code == "duplicate-tx"
-
-
-def test_proofs_describe_the_stored_chain_while_blocks_are_ahead_of_it(
-    fresh: tuple[Consortium, Ledger],
-) -> None:
-    consortium, ledger = fresh
-    t0 = consortium.genesis.genesis_time_ms + 1000
-    expiry = t0 + 60_000
-
-    def observe(reading: int) -> dict[str, Any]:
-        payload = {"asset_id": "a", "kind": "temperature", "data": {"celsius": reading}}
-        return consortium.sign("alpine-cheese", "asset.observe", payload, expires_at_ms=expiry)
-
-    register = consortium.sign("alpine-cheese", "asset.register", lot("a"), expires_at_ms=expiry)
-    one = run_block(ledger, consortium, t0, [register])
-    two = execute_block(ledger, consortium, t0 + 1000, [observe(4)])
-    record = decide(ledger, consortium, two)  # decided, not stored
-    execute_block(ledger, consortium, t0 + 2000, [observe(5)])  # executed, not decided
-
-    def check(header: dict[str, Any]) -> None:
-        value, proof = ledger.state_proof("asset/a")
-        verify_state_proof(
-            bytes.fromhex(header["state_root"]),
-            state_key_hash("asset/a"),
-            state_value_hash(value),
-            proof,
-        )
-
-    check(dict(one.header))  # block 1's root, though the tree holds blocks 2 and 3
-    assert ledger.state_get("asset/a") == ledger.store.state_get("asset/a")
-    ledger.store.commit_block(record)
-    ledger.stored(two)
-    check(dict(two.header))
-    with ledger.durable_proofs() as prove:  # several proofs, one root
-        assert prove("asset/a")[0] == ledger.store.state_get("asset/a")
-        assert prove("asset/nothing")[0] is None
-    assert ledger.state_root != two.header["state_root"]  # block 3 is back on the tree

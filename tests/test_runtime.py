@@ -11,7 +11,6 @@ import gc
 import random
 import subprocess
 import sys
-import threading
 import time
 from collections.abc import Awaitable, Callable
 from pathlib import Path
@@ -28,8 +27,7 @@ from consensus.types import Height, Round, TimerKind, ValidatorId
 from node import runtime
 from node.config import load_config
 from node.consortium import make_consortium
-from node.datadir import DecidedBlockLog, SafetyFile
-from node.errors import AdmissionError, ConfigError, StorageError
+from node.errors import AdmissionError, ConfigError
 from node.genesis import load_genesis
 from node.keys import read_key_file
 from node.ledger import Ledger
@@ -141,9 +139,8 @@ def test_four_validators_agree_on_every_block(tmp_path: Path) -> None:
         assert committed is not None and committed.record.code == "ok"
         for tx_id in tx_ids:
             assert await nodes[3].wait_committed(tx_id, 20) is not None
-        # The stored chain: a decided block's database write may still be running.
-        await wait_until(lambda: len({n.ledger.durable_height for n in nodes}) == 1, 10)
-        top = nodes[0].ledger.durable_height
+        await wait_until(lambda: len({n.ledger.height for n in nodes}) == 1, 10)
+        top = nodes[0].ledger.height
         for height in range(1, top + 1):
             hashes = {n.ledger.store.block(height).block_hash for n in nodes}  # type: ignore[union-attr]
             assert len(hashes) == 1, f"validators disagree at height {height}"
@@ -165,9 +162,9 @@ def test_a_stopped_validator_restarts_and_catches_up(tmp_path: Path) -> None:
         tx_ids = [await nodes[i % 3].submit(net.envelope(f"while-down-{i}")) for i in range(30)]
         for tx_id in tx_ids:
             assert await nodes[0].wait_committed(tx_id, 30) is not None
-        behind = nodes[0].ledger.durable_height
+        behind = nodes[0].ledger.height
         restarted = net.start(3)
-        await wait_until(lambda: restarted.ledger.durable_height >= behind, 30)
+        await wait_until(lambda: restarted.ledger.height >= behind, 30)
         block = restarted.ledger.store.block(behind)
         assert (
             block is not None and block.block_hash == nodes[0].ledger.store.block(behind).block_hash
@@ -186,7 +183,7 @@ def test_a_genuine_peer_serving_a_bad_block_is_disconnected(tmp_path: Path) -> N
         tx_id = await nodes[0].submit(net.envelope("honest"))
         assert await nodes[0].wait_committed(tx_id, 20) is not None
         victim = nodes[0]
-        height = victim.ledger.durable_height
+        height = victim.ledger.height
         good = victim.ledger.store.block(height)
         assert good is not None
         header = dict(good.header)
@@ -330,56 +327,6 @@ def test_a_failing_consensus_loop_stops_the_node_with_its_error(tmp_path: Path) 
     run(tmp_path, scenario)
 
 
-def test_a_block_decided_but_never_written_is_stored_from_its_log_at_restart(
-    tmp_path: Path,
-) -> None:
-    """The window that storing in the background opens: validator-0 decides block h, logs it,
-    signs at h + 1, and stops before its database write of h ever happens. Its restart stores
-    h from the decided-block log, checked as a peer's block would be, before it votes again."""
-
-    async def scenario(net: Network) -> None:
-        nodes = await net.start_meshed(4)
-        victim = nodes[0]
-        release = threading.Event()
-
-        def write_nothing(record: Any) -> None:
-            release.wait(30)
-            raise StorageError("the process died before this write")
-
-        victim.ledger.store.commit_block = write_nothing  # type: ignore[method-assign]
-        try:
-            first = await nodes[1].submit(net.envelope("in-the-window"))
-            assert await nodes[1].wait_committed(first, 30) is not None
-            await wait_until(lambda: victim.ledger.height > victim.ledger.durable_height, 10)
-            decided = victim.ledger.height
-            safety = SafetyFile(victim.config.data_dir)
-            second = await nodes[1].submit(net.envelope("next-height"))
-            assert await nodes[1].wait_committed(second, 30) is not None
-
-            def signed_past_decided() -> bool:
-                record = safety.load()
-                return record is not None and record.height > decided
-
-            # validator-0 signed at the next height; its database still lacks block h.
-            await wait_until(signed_past_decided, 10)
-            assert victim.ledger.store.block(decided) is None
-        finally:
-            release.set()
-        task = net.tasks.pop(0)
-        del net.nodes[0]
-        with pytest.raises(StorageError, match="died before this write"):
-            await asyncio.wait_for(task, 10)  # fail-stop on a failed database write
-        restarted = net.start(0)  # the constructor stores h from the log
-        assert restarted.ledger.durable_height >= decided
-        block = restarted.ledger.store.block(decided)
-        assert block is not None
-        assert block.block_hash == nodes[1].ledger.store.block(decided).block_hash  # type: ignore[union-attr]
-        third = await nodes[2].submit(net.envelope("after-the-restart"))
-        assert await restarted.wait_committed(third, 30) is not None
-
-    run(tmp_path, scenario)
-
-
 def test_metrics_move_by_the_right_amounts_after_a_burst(tmp_path: Path) -> None:
     async def scenario(net: Network) -> None:
         nodes = await net.start_meshed(4)
@@ -389,9 +336,7 @@ def test_metrics_move_by_the_right_amounts_after_a_burst(tmp_path: Path) -> None
             await nodes[0].submit(envelopes[0])
         for tx_id in tx_ids:
             assert await nodes[0].wait_committed(tx_id, 30) is not None
-        # Every node at one height, its database write done (blocks are counted then).
-        await wait_until(lambda: len({n.ledger.durable_height for n in nodes}) == 1, 10)
-        await wait_until(lambda: all(n.ledger.height == n.ledger.durable_height for n in nodes), 10)
+        await wait_until(lambda: len({n.ledger.height for n in nodes}) == 1, 10)
         for node in nodes:
             height = node.ledger.height
             assert metric(node, "coopledger_txs_committed_total") == 30
@@ -581,17 +526,11 @@ def test_a_second_process_on_the_same_data_dir_is_refused(tmp_path: Path) -> Non
     NodeRuntime(config).close()  # released: the next start succeeds
 
 
-def test_blocks_shrink_when_validation_gets_slow_and_grow_back(tmp_path: Path) -> None:
+def test_blocks_shrink_when_validation_gets_slow_and_grow_back() -> None:
     consortium = make_consortium()
     genesis = consortium.genesis
     ledger = Ledger(genesis, MemoryStore(chain_id=genesis.chain_id, genesis_hash=genesis.hash))
-    app = LedgerApplication(
-        ledger,
-        Mempool(),
-        lambda h, r: ValidatorId("validator-0"),
-        lambda: 0,
-        decided_log=DecidedBlockLog(tmp_path),
-    )
+    app = LedgerApplication(ledger, Mempool(), lambda h, r: ValidatorId("validator-0"), lambda: 0)
     assert app.block_txs_limit() == genesis.params["block_txs_max"]
     budget_s = genesis.params["timeout_propose_ms"] / 1000 * 0.3
     for _ in range(30):

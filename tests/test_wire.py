@@ -17,11 +17,11 @@ from consensus.safety import SafetyRecord
 from consensus.types import Height, Round, Step, ValidatorId
 from node.codec import NESTING_DEPTH_MAX, canonical, canonical_trusted, parse_json, splice_list
 from node.consortium import make_consortium
-from node.datadir import DECIDED_MAGIC, DecidedBlockLog, SafetyFile, encode_slot, read_slot
 from node.errors import AdmissionError, ConfigError, EncodingError
 from node.invariant import InvariantViolation
 from node.ledger import ExecutedBlock, Ledger
 from node.limits import TX_BODY_FRAME_DEPTH
+from node.runtime import SafetyFile, encode_slot, read_slot
 from node.scenario import scenario_blocks
 from node.storage import MemoryStore
 from node.tx import parse_envelope
@@ -261,43 +261,6 @@ def test_a_safety_json_of_an_earlier_version_is_read_then_replaced(tmp_path: Pat
 # --- parse_frame: envelopes are checked once, by parse_envelope ----------------------------
 
 ENVELOPE: dict[str, Any] = EXECUTED.txs[0].envelope
-
-
-def test_the_decided_block_log_round_trips_and_a_torn_write_reads_as_absent(
-    tmp_path: Path,
-) -> None:
-    log = DecidedBlockLog(tmp_path)
-    assert log.load() is None
-    commit = {"height": BLOCK.height, "round": 0, "block_hash": BLOCK.hash, "signatures": []}
-    log.save(EXECUTED.header, commit, ADMITTED)  # type: ignore[arg-type]
-    decided = DecidedBlockLog(tmp_path).load()
-    assert decided is not None
-    assert (decided.height, decided.header, decided.commit) == (BLOCK.height, BLOCK.header, commit)
-    assert decided.transactions == list(BLOCK.transactions)
-    # Written in place: a smaller block after a larger one reads back whole.
-    empty = {**EXECUTED.header, "height": BLOCK.height + 1, "tx_count": 0}
-    log.save(empty, {**commit, "height": BLOCK.height + 1}, [])  # type: ignore[arg-type]
-    decided = DecidedBlockLog(tmp_path).load()
-    assert decided is not None and (decided.height, decided.transactions) == (BLOCK.height + 1, [])
-    log.close()
-    whole = log.path.read_bytes()
-    for cut in (3, 30, len(encode_slot(0, b"", DECIDED_MAGIC)) + 5):
-        log.path.write_bytes(whole[:cut])  # a crash in the middle of writing it
-        assert DecidedBlockLog(tmp_path).load() is None
-    with pytest.raises(InvariantViolation):
-        log.save(EXECUTED.header, commit, ADMITTED[:-1])  # type: ignore[arg-type]
-
-
-def test_a_whole_decided_block_log_that_holds_no_block_refuses_to_start(tmp_path: Path) -> None:
-    path = tmp_path / DecidedBlockLog.NAME
-    for payload in (b"[1]", b'{"commit":{},"header":{"height":2},"transactions":[]}', b"{"):
-        path.write_bytes(encode_slot(1, payload, DECIDED_MAGIC))
-        with pytest.raises(ConfigError, match="corrupt decided block"):
-            DecidedBlockLog(tmp_path).load()
-    # A safety record's frame is not a decided block (the magic differs): read as absent.
-    path.write_bytes(encode_slot(1, b"{}"))
-    assert DecidedBlockLog(tmp_path).load() is None
-
 
 JSON_LEAVES = st.one_of(
     st.none(),
