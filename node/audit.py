@@ -34,7 +34,7 @@ what is wrong.
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from typing import Any
 
@@ -46,6 +46,7 @@ from node.invariant import invariant
 from node.ledger import Ledger
 from node.limits import PAGE_SIZE_MAX
 from node.merkle import MerkleTree, tx_leaf, verify_inclusion
+from node.records import StateValue
 from node.rules import OK, ZERO_HASH, event_hash
 from node.smt import StateProof, state_key_hash, state_value_hash, verify_state_proof
 from node.storage import CommittedTx, TxPosition
@@ -82,7 +83,8 @@ def build_bundle(ledger: Ledger, asset_id: str, *, lineage: bool = False) -> dic
     if there is no such asset. Raises :class:`BundleTooLarge` past the limits."""
     for _ in range(_BUILD_ATTEMPTS_MAX):
         height = ledger.height
-        proofs = _state_proofs(ledger, asset_id, lineage=lineage)
+        with ledger.committed_proofs() as prove:
+            proofs = _state_proofs(prove, asset_id, lineage=lineage)
         if ledger.height != height:
             continue  # A block was committed meanwhile: the proofs may mix two roots.
         if proofs is None:
@@ -91,14 +93,19 @@ def build_bundle(ledger: Ledger, asset_id: str, *, lineage: bool = False) -> dic
     raise ProofError("the chain advanced during every attempt to build the bundle")
 
 
-def _state_proofs(ledger: Ledger, asset_id: str, *, lineage: bool) -> list[dict[str, Any]] | None:
+def _state_proofs(
+    prove: Callable[[str], tuple[StateValue | None, StateProof]],
+    asset_id: str,
+    *,
+    lineage: bool,
+) -> list[dict[str, Any]] | None:
     proofs: list[dict[str, Any]] = []
     queue = [asset_id]
     seen = {asset_id}
     while queue:
         current = queue.pop(0)
         key = f"asset/{current}"
-        value, proof = ledger.state_proof(key)
+        value, proof = prove(key)
         if value is None:
             if current == asset_id:
                 return None

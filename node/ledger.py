@@ -22,7 +22,8 @@ Block 1 carries the genesis state (members and their keys) in its state changes,
 from __future__ import annotations
 
 from collections import OrderedDict
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any
 
@@ -188,16 +189,30 @@ class Ledger:
         The root is the ``state_root`` of block :attr:`height`; the proof shows inclusion of
         the value, or the key's absence.
         """
-        if self._pending is None:
-            return self._reader.get(key), self._tree.prove(state_key_hash(key))
-        # A block is executed (perhaps being written right now): prove against the
-        # committed tree, then put the block's changes back.
-        _, inverse, forward = self._pending
-        self._tree.update(inverse)
+        with self.committed_proofs() as prove:
+            return prove(key)
+
+    @contextmanager
+    def committed_proofs(
+        self,
+    ) -> Iterator[Callable[[StateKey], tuple[StateValue | None, StateProof]]]:
+        """A function giving what :meth:`state_proof` gives, for many keys against one root.
+
+        A block executed but not yet committed (under load there nearly always is one) is
+        taken off the tree once for all of them, and put back on leaving. Each costs a tree
+        update of a whole block's changes, which :meth:`state_proof` alone pays for every
+        key: 36.7 ms a key with a 2,000-transaction block pending at 25,000 entries, against
+        1.75 ms a key for 20 keys inside one ``with`` (docs/benchmarks.md). An audit bundle
+        proves its lineage's assets inside one. Nothing may execute or commit inside it.
+        """
+        pending = self._pending
+        if pending is not None:
+            self._tree.update(pending[1])
         try:
-            return self._reader.get(key), self._tree.prove(state_key_hash(key))
+            yield lambda key: (self._reader.get(key), self._tree.prove(state_key_hash(key)))
         finally:
-            self._tree.update(forward)
+            if pending is not None:
+                self._tree.update(pending[2])
 
     def committed_among(self, txs: Sequence[Transaction]) -> set[str]:
         """The ids of those of ``txs`` committed and not yet expired: the replay check.

@@ -92,6 +92,40 @@ def test_a_lineage_bundle_proves_every_input(
         assert len(touching) == record["event_count"]
 
 
+def test_a_bundle_built_while_a_block_is_executed_proves_the_committed_state() -> None:
+    """Under load a validator nearly always holds an executed, undecided block: the bundle
+    takes it off the tree once for all of the lineage's proofs and puts it back."""
+    consortium = make_consortium(chain_id="coop-audit")
+    genesis = consortium.genesis
+    ledger = Ledger(genesis, MemoryStore(chain_id=genesis.chain_id, genesis_hash=genesis.hash))
+    time_ms = genesis.genesis_time_ms
+    for time_ms, envelopes in scenario_blocks(consortium, genesis.genesis_time_ms):
+        txs = [ledger.admit(envelope, time_ms) for envelope in envelopes]
+        executed = ledger.execute(txs, timestamp_ms=time_ms, proposer="validator-0")
+        ledger.commit(executed, consortium.commit_for(executed.height, 0, executed.block_hash))
+    inspection = {"asset_id": BREAD, "kind": "inspection", "data": {"passed": True}}
+    pending = ledger.execute(
+        [
+            ledger.admit(
+                consortium.sign(
+                    "origin-audit", "asset.observe", inspection, expires_at_ms=time_ms + 60_000
+                ),
+                time_ms + 1,
+            )
+        ],
+        timestamp_ms=time_ms + 1,
+        proposer="validator-1",
+    )
+    assert pending.outcomes[0].code == "ok" and f"asset/{BREAD}" in pending.changes
+    bundle = build_bundle(ledger, BREAD, lineage=True)
+    assert bundle is not None
+    report = verify_bundle(bundle, genesis)  # proofs against the committed tip's state_root
+    assert report.height == ledger.height and set(report.assets) == {BREAD, CHEESE, FLOUR}
+    assert ledger.state_root == pending.header["state_root"]  # the block is back on the tree
+    ledger.commit(pending, consortium.commit_for(pending.height, 0, pending.block_hash))
+    assert ledger.state_get(f"asset/{BREAD}") == ledger.store.state_get(f"asset/{BREAD}")
+
+
 def test_an_unknown_asset_has_no_bundle(chain: tuple[Consortium, Ledger]) -> None:
     assert build_bundle(chain[1], "no-such-lot") is None
 
