@@ -18,9 +18,11 @@ from urllib.parse import quote
 
 import httpx
 import pytest
+from fastapi import FastAPI, Request
+from fastapi.responses import JSONResponse
 from typer.testing import CliRunner
 
-from gateway.app import create_app
+from gateway.app import BodyLimit, DirectRoute, create_app
 from gateway.auth import (
     TOKENS_FILE_CHECK_S,
     FailureLimiter,
@@ -30,11 +32,14 @@ from gateway.auth import (
 )
 from gateway.client import ApiError, Client
 from gateway.deps import GatewaySettings
+from gateway.problems import ApiProblem, install_handlers
+from gateway.routes.transactions import BATCHES_PATH
 from gateway.schemas import BatchAccepted, Receipt
 from node.audit import verify_bundle
 from node.cli import app
 from node.consortium import Consortium, make_consortium
 from node.crypto import KeyPair
+from node.errors import AdmissionError
 from node.local import LocalNode
 from node.storage import MemoryStore
 from node.tx import sign_transaction
@@ -671,6 +676,44 @@ def test_openapi_declares_every_route_with_its_errors(gw: Gateway) -> None:
     }
 
 
+def test_direct_route_answers_ahead_of_the_router_and_maps_errors_as_the_app_does() -> None:
+    """gateway.app.DirectRoute: its method and path reach the endpoint without FastAPI's
+    routing; what the endpoint raises gets the app's problem+json (the handler registered
+    for the nearest class, or the logged 500); everything else goes on to the router."""
+
+    async def direct(request: Request) -> JSONResponse:
+        body = await request.body()
+        if body == b"problem":
+            raise ApiProblem(409, "idempotency-key-reused", "seen", {"X-Seen": "1"})
+        if body == b"rule":
+            raise AdmissionError("mempool-full", "full")  # a subclass of a registered class
+        if body == b"boom":
+            raise RuntimeError("unexpected")
+        return JSONResponse({"answered_by": "direct", "body": body.decode()})
+
+    app = FastAPI()
+    install_handlers(app)
+
+    @app.post("/direct")
+    async def routed() -> dict[str, str]:
+        return {"answered_by": "router"}
+
+    @app.get("/other")
+    async def other() -> dict[str, str]:
+        return {"answered_by": "router"}
+
+    app.add_middleware(DirectRoute, method="POST", path="/direct", endpoint=direct)
+    with TestClient(app, raise_server_exceptions=False) as http:
+        assert http.post("/direct", content=b"hi").json() == {"answered_by": "direct", "body": "hi"}
+        assert http.get("/other").json() == {"answered_by": "router"}
+        assert is_problem(http.get("/direct"), 405, "method-not-allowed")
+        problem = http.post("/direct", content=b"problem")
+        assert is_problem(problem, 409, "idempotency-key-reused")
+        assert problem.json()["instance"] == "/direct" and problem.headers["x-seen"] == "1"
+        assert is_problem(http.post("/direct", content=b"rule"), 503, "mempool-full")
+        assert is_problem(http.post("/direct", content=b"boom"), 500, "internal-error")
+
+
 def test_batch_submission_admits_each_envelope_on_its_own(gw: Gateway) -> None:
     key = gw.consortium.member_keys[MEMBER_A]
     now = gw.clock.now_ms
@@ -689,6 +732,14 @@ def test_batch_submission_admits_each_envelope_on_its_own(gw: Gateway) -> None:
     assert [r["status"] for r in results] == ["pending"] * 3 + ["refused"] * 2
     assert [r["code"] for r in results[3:]] == ["bad-signature", "duplicate-tx"]
     assert response.json()["admitted"] == 3
+    # Served by DirectRoute inside BodyLimit (the 413 below would not hold outside it).
+    app = gw.http.app
+    assert isinstance(app, FastAPI)
+    # user_middleware lists the outermost first.
+    layers: list[tuple[object, object]] = [
+        (m.cls, m.kwargs.get("path")) for m in app.user_middleware
+    ]
+    assert layers.index((DirectRoute, BATCHES_PATH)) > layers.index((BodyLimit, None))
     # The route serialises its model itself (gateway.routes.transactions.submit_batch):
     # every field, null included, as the declared response model has them.
     assert BatchAccepted.model_validate(response.json()).model_dump() == response.json()

@@ -80,7 +80,9 @@ BATCH_BODY = {
 }
 
 
-batches = APIRouter(prefix="/v1/transaction-batches", tags=["transactions"])
+BATCHES_PATH = "/v1/transaction-batches"
+
+batches = APIRouter(prefix=BATCHES_PATH, tags=["transactions"])
 
 
 @batches.post(
@@ -93,8 +95,9 @@ async def submit_batch(request: Request) -> Response:
     """Submit up to 500 signed envelopes at once (an ERP's export). Each is admitted or
     refused on its own, exactly as by ``POST /v1/transactions``; the results come back in
     order. Poll ``GET /v1/transactions/{tx_id}`` for receipts."""
-    # The route most writes take: no dependencies to resolve (gateway.deps.writer_of), and
-    # the model serialised as it is rather than validated again as the response model.
+    # The route most writes take: gateway.app.DirectRoute calls this straight from the
+    # middleware stack (no routing), with no dependencies to resolve (gateway.deps.writer_of),
+    # and the model is serialised as it is rather than validated again as the response model.
     await writer_of(request)
     services: NodeServices = request.app.state.services
     try:
