@@ -17,6 +17,7 @@ import pytest
 from eth_account import Account
 
 from gateway.client import Client
+from node.bench.cli import latency_row
 from node.bench.coop import start_testnet, stop_testnet, wait_started
 from node.bench.engine import Measurement, SeenBlock
 from node.bench.evm import sign_legacy
@@ -60,9 +61,18 @@ def test_report_warns_when_the_window_saw_no_block() -> None:
     report = figures(empty)
     assert report["tx_per_s"] == 0.0
     assert "no block committed" in report["warnings"][0]
+    # Nothing measured is null, not a latency of 0 ms; the table shows a dash.
+    nothing = {"p50": None, "p95": None, "p99": None, "max": None, "count": 0}
+    assert report["latency_ms"] == report["latency_seen_ms"] == nothing
+    assert latency_row(report["latency_ms"]) == "- / - / -"
     full = Measurement(window_start_s=10.0, window_end_s=13.0)
     full.blocks = [SeenBlock(h, 10.5 + h / 10, 1000 * h, 5, []) for h in range(1, 6)]
     assert figures(full)["warnings"] == []
+    full.latencies_s = [0.25, 0.5, 2.0]
+    assert figures(full)["latency_seen_ms"] == {
+        "p50": 500.0, "p95": 2000.0, "p99": 2000.0, "max": 2000.0, "count": 3
+    }  # fmt: skip
+    assert latency_row(figures(full)["latency_ms"]) == "500 / 2,000 / 2,000"
     assert figures(full)["tx_per_s"] == pytest.approx(25 / 3, rel=0.01)
 
 

@@ -93,7 +93,7 @@ def show(console: Console, result: dict[str, Any]) -> None:
     table.add_row("committed tx/s", f"{result['tx_per_s']:,.0f}")
     table.add_row(
         "submit-to-final p50 / p95 / p99 ms",
-        f"{latency['p50']:,.0f} / {latency['p95']:,.0f} / {latency['p99']:,.0f}",
+        latency_row(latency),
     )
     table.add_row("blocks, mean txs, mean interval ms", _blocks(blocks))
     outcomes = result["outcomes"]
@@ -120,6 +120,13 @@ def show(console: Console, result: dict[str, Any]) -> None:
         console.print(f"[yellow]warning:[/yellow] {warning}")
     if "profile" in result:
         console.print(f"profile of {result['profile']['validator']}: {result['profile']['phases']}")
+
+
+def latency_row(latency: dict[str, Any]) -> str:
+    """``p50 / p95 / p99`` in whole milliseconds, ``-`` where nothing was measured."""
+    return " / ".join(
+        "-" if latency[q] is None else f"{latency[q]:,.0f}" for q in ("p50", "p95", "p99")
+    )
 
 
 def _blocks(blocks: dict[str, Any]) -> str:

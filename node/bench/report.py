@@ -20,12 +20,18 @@ def percentile(values: list[float], fraction: float) -> float:
     return ordered[rank - 1]
 
 
-def latency_ms(values_s: list[float]) -> dict[str, float | int]:
+def latency_ms(values_s: list[float]) -> dict[str, float | int | None]:
+    """p50, p95, p99 and max in milliseconds, and the count; with no values the figures are
+    ``None`` (JSON ``null``), not 0: a window in which nothing sent was seen committed
+    measured no latency (anvil's default configuration can commit only transactions sent
+    before the window)."""
+    if not values_s:
+        return {"p50": None, "p95": None, "p99": None, "max": None, "count": 0}
     return {
         "p50": round(percentile(values_s, 0.50) * 1000, 1),
         "p95": round(percentile(values_s, 0.95) * 1000, 1),
         "p99": round(percentile(values_s, 0.99) * 1000, 1),
-        "max": round(max(values_s, default=0.0) * 1000, 1),
+        "max": round(max(values_s) * 1000, 1),
         "count": len(values_s),
     }
 
