@@ -5,6 +5,11 @@ root, tx root) and to store it (one database transaction), after signatures were
 at admission as a node does. Usage:
 
     .venv/bin/python scripts/bench_ledger.py [--blocks 10] [--txs 2000] [--db URL]
+        [--report-every N]
+
+``--report-every N`` also prints, every N blocks, the mean wall and CPU time of the store
+step over those N blocks with the number of transactions stored: how a commit's cost grows
+with the database.
 """
 
 from __future__ import annotations
@@ -79,6 +84,7 @@ def main() -> None:
     parser.add_argument("--blocks", type=int, default=10)
     parser.add_argument("--txs", type=int, default=2000)
     parser.add_argument("--db", default=None, help="database URL (default: a temporary SQLite)")
+    parser.add_argument("--report-every", type=int, default=0, metavar="N")
     args = parser.parse_args()
     consortium = make_consortium(chain_id="coop-bench")
     genesis = consortium.genesis
@@ -87,7 +93,7 @@ def main() -> None:
         store = SqlStore(url, chain_id=genesis.chain_id, genesis_hash=genesis.hash)
         ledger = Ledger(genesis, store)
         now = genesis.genesis_time_ms
-        execute_ms, store_ms, admit_ms = [], [], []
+        execute_ms, store_ms, admit_ms, store_cpu_ms = [], [], [], []
         for block in range(args.blocks):
             now += 1000
             envelopes = block_envelopes(consortium, block, args.txs, now + 3_600_000)
@@ -98,14 +104,24 @@ def main() -> None:
             executed_at = time.perf_counter()
             commit = consortium.commit_for(executed.height, 0, executed.block_hash)
             signed = time.perf_counter()
+            cpu_before = time.thread_time()
             ledger.commit(executed, commit)
             stored = time.perf_counter()
+            store_cpu_ms.append((time.thread_time() - cpu_before) * 1000)
             failed = sum(1 for outcome in executed.outcomes if outcome.code != "ok")
             if failed:
                 raise SystemExit(f"block {block}: {failed} transactions failed")
             admit_ms.append((admitted - started) * 1000)
             execute_ms.append((executed_at - admitted) * 1000)
             store_ms.append((stored - signed) * 1000)
+            every = args.report_every
+            if every and (block + 1) % every == 0:
+                print(
+                    f"{(block + 1) * args.txs:>9,} stored: store mean "
+                    f"{statistics.mean(store_ms[-every:]):6.1f} ms wall, "
+                    f"{statistics.mean(store_cpu_ms[-every:]):6.1f} ms CPU",
+                    flush=True,
+                )
         store.close()
     total = [e + s for e, s in zip(execute_ms, store_ms, strict=True)]
     print(f"database: {url.split(':')[0]}; {args.blocks} blocks of {len(txs)} transactions")

@@ -27,6 +27,7 @@ from typing import Any
 import pytest
 from conftest import TEST_CHAIN_ID, TEST_GENESIS_HASH, StoreOpener
 from sqlalchemy import Engine, create_engine, event
+from sqlalchemy.exc import OperationalError
 
 from node.block import Commit, Header, block_hash
 from node.codec import canonical, sha256_hex
@@ -35,7 +36,8 @@ from node.invariant import InvariantViolation
 from node.limits import PAGE_SIZE_MAX
 from node.merkle import MerkleTree, tx_leaf
 from node.records import AssetEvent, BlockRecord, StateKey, StateValue, TxRecord, TxSummary
-from node.storage import SCHEMA_VERSION, BlockStore, SqlStore, TxPosition
+from node.storage import SCHEMA_VERSION, BlockStore, CommittedTx, SqlStore, TxPosition
+from node.storage import _sql as sql_store
 from node.storage._sql import SQLITE_CACHE_KIB, SQLITE_READ_CACHE_KIB
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
@@ -204,6 +206,10 @@ def assert_store_holds(store: BlockStore, builder: ChainBuilder) -> None:
             record.commit,
         )
         assert store.block_txs(height) == record.txs
+        for tx in record.txs:  # found by id: the SQL store goes through its id-key index
+            assert store.tx(tx.tx_id) == CommittedTx(
+                height=height, block_hash=record.block_hash, record=tx
+            )
         assert store.block_tx_summaries(height) == [
             TxSummary(tx_id=tx.tx_id, index=tx.index, sender=tx.sender, type=tx.type, code=tx.code)
             for tx in record.txs
@@ -329,6 +335,128 @@ def test_committed_unexpired_are_those_expiring_after_now(open_store: StoreOpene
     assert len(later) == 2
     assert store.committed_unexpired(asked, 2_002) == set()
     assert store.committed_unexpired([], 0) == set()
+
+
+def test_a_text_that_is_no_transaction_id_finds_nothing(open_store: StoreOpener) -> None:
+    store = open_store()
+    builder = build_chain(store, [3])
+    stored = builder.blocks[1].txs[0].tx_id
+    for text in ("", "zz" * 32, stored.upper(), stored[:-2], stored + "00", "a'; --"):
+        assert store.tx(text) is None
+        assert store.committed_unexpired([text], 0) == set()
+    assert store.committed_unexpired([stored, "zz" * 32], 0) == {stored}
+
+
+def _recent_rows(store: SqlStore) -> list[tuple[int, int, int]]:
+    """What the store holds in memory, as ``tx_ids`` rows."""
+    return sorted(store._recent.rows())
+
+
+def _ids_above(builder: ChainBuilder, through: int) -> list[tuple[int, int, int]]:
+    return sorted(
+        (key, height, tx.index)
+        for height, block in builder.blocks.items()
+        if height > through
+        for tx in block.txs
+        if (key := sql_store.id_key(tx.tx_id)) is not None
+    )
+
+
+def test_ids_move_from_memory_to_the_index_in_batches(
+    sql_url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(sql_store, "ID_BATCH_TXS", 10)
+    store = SqlStore(sql_url, chain_id=TEST_CHAIN_ID, genesis_hash=TEST_GENESIS_HASH)
+    builder = ChainBuilder()
+    try:
+        for count in (4, 4):  # 8 in memory
+            store.commit_block(builder.next_block(count))
+        assert _recent_rows(store) == _ids_above(builder, 0)
+        store.commit_block(builder.next_block(3))  # 11: blocks 1 to 3 go to the index
+        assert _recent_rows(store) == []
+        for count in (5, 0, 2):
+            store.commit_block(builder.next_block(count))
+        assert _recent_rows(store) == _ids_above(builder, 3)
+        assert_store_holds(store, builder)  # every id found, from either place
+        every = {tx.tx_id for block in builder.blocks.values() for tx in block.txs}
+        assert store.committed_unexpired(every, 0) == every
+        expected = copy.deepcopy(builder)
+        for replayed_from in (1, 4):  # one in the index, one in memory
+            good = builder.next_block(2)
+            replayed = replace(expected.blocks[replayed_from].txs[0], index=2)
+            bad = rehash(replace(good, txs=[*good.txs, replayed]), tx_count=3)
+            with pytest.raises(StorageError, match="already stored"):
+                store.commit_block(bad)
+            _assert_unchanged(store, expected, bad)
+            builder = copy.deepcopy(expected)
+    finally:
+        store.close()
+    reopened = SqlStore(sql_url, chain_id=TEST_CHAIN_ID, genesis_hash=TEST_GENESIS_HASH)
+    try:
+        assert _recent_rows(reopened) == _ids_above(builder, 3)  # read back from txs
+        assert_store_holds(reopened, builder)
+    finally:
+        reopened.close()
+
+
+def test_a_refused_block_leaves_no_ids_in_memory(
+    sql_url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(sql_store, "ID_BATCH_TXS", 1_000)
+    store = SqlStore(sql_url, chain_id=TEST_CHAIN_ID, genesis_hash=TEST_GENESIS_HASH)
+    try:
+        builder = build_chain(store, [4, 4])
+        before = _ids_above(builder, 0)
+        good = builder.next_block(4)
+
+        def fail(_conn: Any) -> None:
+            raise OperationalError("COMMIT", None, OSError("disk gone at the commit"))
+
+        # The commit fails after every statement ran and the ids were taken in memory.
+        event.listen(store._write_engine, "commit", fail)
+        try:
+            with pytest.raises(StorageError, match="disk gone at the commit"):
+                store.commit_block(good)
+        finally:
+            event.remove(store._write_engine, "commit", fail)
+        assert _recent_rows(store) == before and len(before) == 8
+        assert store.tip() is not None and store.tip().height == 2  # type: ignore[union-attr]
+        store.commit_block(good)
+        assert _recent_rows(store) == _ids_above(builder, 0)
+    finally:
+        store.close()
+
+
+@pytest.mark.parametrize("batch", [3, 1_000])
+def test_ids_sharing_an_id_key_are_told_apart(
+    sql_url: str, monkeypatch: pytest.MonkeyPatch, batch: int
+) -> None:
+    """The id-key index is not unique: with keys of 4 bits (16 values) instead of 64, many
+    ids share a key, and every look-up must still compare the whole id, in memory
+    (``batch`` 1,000) and in the index (3)."""
+    monkeypatch.setattr(sql_store, "ID_BATCH_TXS", batch)
+    real = sql_store.id_key
+
+    def coarse(tx_id: str) -> int | None:
+        key = real(tx_id)
+        return None if key is None else key % 16
+
+    monkeypatch.setattr(sql_store, "id_key", coarse)
+    store = SqlStore(sql_url, chain_id=TEST_CHAIN_ID, genesis_hash=TEST_GENESIS_HASH)
+    try:
+        builder = build_chain(store, [20, 20, 20])
+        assert_store_holds(store, builder)
+        stored = {tx.tx_id for block in builder.blocks.values() for tx in block.txs}
+        taken = {coarse(tx_id) for tx_id in stored}
+        absent = [sha256_hex(f"absent {n}".encode()) for n in range(40)]
+        absent = [tx_id for tx_id in absent if coarse(tx_id) in taken]
+        assert len(absent) >= 20  # each shares its key with a stored id
+        assert all(store.tx(tx_id) is None for tx_id in absent)
+        assert store.committed_unexpired([*stored, *absent], 0) == stored
+        store.commit_block(builder.next_block(20))  # new ids, keys already taken: accepted
+        assert_store_holds(store, builder)
+    finally:
+        store.close()
 
 
 # --- history pages ------------------------------------------------------------------------
@@ -466,9 +594,24 @@ def test_a_transaction_stored_twice_leaves_nothing(open_store: StoreOpener) -> N
     good = builder.next_block(3)
     replayed = replace(expected.blocks[1].txs[0], index=3)
     bad = rehash(replace(good, txs=[*good.txs, replayed]), tx_count=4)
-    with pytest.raises(StorageError, match="block 2 not written"):
+    with pytest.raises(StorageError, match=r"block 2 not written: transaction .* already stored"):
         store.commit_block(bad)
     _assert_unchanged(store, expected, bad)
+
+
+def test_a_transaction_twice_in_one_block_leaves_nothing(open_store: StoreOpener) -> None:
+    store = open_store()
+    builder = build_chain(store, [4])
+    expected = copy.deepcopy(builder)
+    good = builder.next_block(3)
+    repeated = replace(good.txs[0], index=3)
+    bad = rehash(replace(good, txs=[*good.txs, repeated]), tx_count=4)
+    message = f"block 2 not written: transaction {repeated.tx_id} is in the block twice"
+    with pytest.raises(StorageError, match=message):
+        store.commit_block(bad)
+    _assert_unchanged(store, expected, bad)
+    store.commit_block(good)
+    assert_store_holds(store, builder)
 
 
 # --- the database as found on disk --------------------------------------------------------
@@ -591,6 +734,61 @@ def test_a_database_of_another_schema_version_is_refused(sql_url: str) -> None:
     message = rf"schema version 99, this coopledger uses version {SCHEMA_VERSION}"
     with pytest.raises(SchemaVersionError, match=message):
         SqlStore(sql_url, chain_id=TEST_CHAIN_ID, genesis_hash=TEST_GENESIS_HASH)
+
+
+def _as_schema_1(url: str) -> None:
+    """Turn a database of this schema into what schema 1 left: no ``tx_ids`` table and
+    stamp, a unique index on ``tx_id`` instead, and the stamp of version 1."""
+    for statement in (
+        "DROP TABLE tx_ids",
+        "DELETE FROM coopledger_meta WHERE name = 'tx_ids_through'",
+        "CREATE UNIQUE INDEX schema_1_tx_id ON txs (tx_id)",
+        "UPDATE coopledger_meta SET value = '1' WHERE name = 'schema_version'",
+    ):
+        _execute(url, statement)
+
+
+def _stamped_version(url: str) -> str:
+    engine = create_engine(url)
+    try:
+        with engine.connect() as conn:
+            query = "SELECT value FROM coopledger_meta WHERE name = 'schema_version'"
+            return str(conn.exec_driver_sql(query).scalar())
+    finally:
+        engine.dispose()
+
+
+def test_a_schema_1_database_is_migrated_on_opening(sql_url: str) -> None:
+    store = SqlStore(sql_url, chain_id=TEST_CHAIN_ID, genesis_hash=TEST_GENESIS_HASH)
+    builder = build_chain(store, [5, 0, 7, 3])
+    store.close()
+    _as_schema_1(sql_url)
+    # Another chain's node does not touch it.
+    with pytest.raises(StorageError, match="holds chain"):
+        SqlStore(sql_url, chain_id="other", genesis_hash=TEST_GENESIS_HASH)
+    assert _stamped_version(sql_url) == "1"
+    migrated = SqlStore(sql_url, chain_id=TEST_CHAIN_ID, genesis_hash=TEST_GENESIS_HASH)
+    try:
+        assert _stamped_version(sql_url) == str(SCHEMA_VERSION) == "2"
+        assert_store_holds(migrated, builder)
+        every = {tx.tx_id for block in builder.blocks.values() for tx in block.txs}
+        assert migrated.committed_unexpired(every, 0) == every
+        expected = copy.deepcopy(builder)
+        good = builder.next_block(3)
+        replayed = replace(expected.blocks[3].txs[1], index=3)
+        bad = rehash(replace(good, txs=[*good.txs, replayed]), tx_count=4)
+        with pytest.raises(StorageError, match="already stored"):
+            migrated.commit_block(bad)
+        _assert_unchanged(migrated, expected, bad)
+        migrated.commit_block(good)
+        assert_store_holds(migrated, builder)
+    finally:
+        migrated.close()
+    reopened = SqlStore(sql_url, chain_id=TEST_CHAIN_ID, genesis_hash=TEST_GENESIS_HASH)
+    try:
+        assert_store_holds(reopened, builder)
+    finally:
+        reopened.close()
 
 
 def test_a_database_of_another_chain_is_refused(sql_url: str) -> None:

@@ -28,6 +28,7 @@ from node.storage._model import (
     decode_state,
     decode_tx,
     encode,
+    repeated_tx,
     tx_row,
     tx_summary,
     unique_refs,
@@ -91,11 +92,13 @@ class MemoryStore(TxSummaryReads):
     def _check_constraints(self, record: BlockRecord) -> None:
         """What the SQL store's unique keys refuse, refused here before anything is written."""
         where = f"block {record.height} not written"
-        tx_ids: set[str] = set()
-        for tx in record.txs:
-            if tx.tx_id in self._tx_positions or tx.tx_id in tx_ids:
-                raise StorageError(f"{where}: transaction {tx.tx_id} is already stored")
-            tx_ids.add(tx.tx_id)
+        tx_ids = [tx.tx_id for tx in record.txs]
+        repeated = repeated_tx(tx_ids)
+        if repeated is not None:
+            raise StorageError(f"{where}: {repeated}")
+        stored = sorted(tx_id for tx_id in tx_ids if tx_id in self._tx_positions)
+        if stored:
+            raise StorageError(f"{where}: transaction {stored[0]} is already stored")
         events: set[tuple[str, int]] = set()
         for event in record.asset_events:
             key = (event.asset_id, event.seq)

@@ -22,7 +22,7 @@ from node.limits import PAGE_SIZE_MAX
 from node.merkle import MerkleTree, tx_leaf
 from node.records import AssetEvent, BlockRecord, StateKey, StateValue, TxRecord, TxSummary
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
 """Version of the database layout. A store refuses a database stamped with another one
 (:class:`~node.errors.SchemaVersionError`); bump it with every change to the tables."""
 
@@ -203,6 +203,17 @@ def check_successor(tip_height: int | None, tip_hash: str, record: BlockRecord) 
             f"refusing block {record.height}: prev_hash {record.header['prev_hash']} is not "
             f"the hash {tip_hash} of the {'genesis' if tip is None else 'stored tip'}"
         )
+
+
+def repeated_tx(tx_ids: list[str]) -> str | None:
+    """What both stores say of a block that holds one of its transactions twice, or
+    ``None`` if none is repeated."""
+    seen: set[str] = set()
+    for tx_id in tx_ids:
+        if tx_id in seen:
+            return f"transaction {tx_id} is in the block twice"
+        seen.add(tx_id)
+    return None
 
 
 def check_page(limit: int) -> None:

@@ -2,11 +2,13 @@
 
 Tables (docs/architecture.md, "Storage", says why each index exists)::
 
-    coopledger_meta  name PK, value             schema_version, chain_id, genesis_hash
+    coopledger_meta  name PK, value             schema_version, chain_id, genesis_hash,
+                                                tx_ids_through
     blocks           height PK, block_hash UNIQUE, header_json, commit_json
-    txs              (height, tx_index) PK, tx_id UNIQUE, sender, type, code,
-                     expires_at_ms, envelope_json, events_json, refs_json
+    txs              (height, tx_index) PK, tx_id, sender, type, code, expires_at_ms,
+                     envelope_json, events_json, refs_json
                      index (expires_at_ms, tx_id)  -- deduplication index at start-up
+    tx_ids           (id_key, height, tx_index) PK -- a transaction by id, added in batches
     tx_refs          (kind, ref_id, height, tx_index) PK  -- history: one range scan
     asset_events     (asset_id, seq) PK (beside the rowid), event_hash, prev_hash, tx_id, type
     state            key PK, value_json
@@ -55,8 +57,10 @@ from sqlalchemy.engine import Dialect
 from sqlalchemy.exc import ArgumentError, SQLAlchemyError
 
 from node.block import Header
+from node.codec import is_hex
 from node.errors import SchemaVersionError, StorageError
 from node.invariant import invariant
+from node.limits import BLOCK_TXS_MAX
 from node.merkle import MerkleTree
 from node.records import AssetEvent, BlockRecord, StateKey, StateValue, TxRecord, TxSummary
 from node.storage._model import (
@@ -75,6 +79,7 @@ from node.storage._model import (
     decode_state,
     decode_tx,
     encode,
+    repeated_tx,
     tx_row,
     tx_summary,
     unique_refs,
@@ -132,7 +137,7 @@ txs_table = Table(
     "txs",
     metadata,
     Column("height", _Height, ForeignKey("blocks.height"), nullable=False),
-    Column("tx_id", _Key, nullable=False, unique=True),
+    Column("tx_id", _Key, nullable=False),
     Column("tx_index", Integer, nullable=False),
     Column("sender", _Key, nullable=False),
     Column("type", Text, nullable=False),
@@ -165,9 +170,23 @@ asset_events_table = Table(
     Column("seq", Integer, nullable=False),
     Column("event_hash", Text, nullable=False),
     Column("prev_hash", Text, nullable=False),
-    Column("tx_id", _Key, ForeignKey("txs.tx_id"), nullable=False),
+    Column("tx_id", _Key, nullable=False),  # in the same block: check_record
     Column("type", Text, nullable=False),
     PrimaryKeyConstraint("asset_id", "seq"),
+)
+
+tx_ids_table = Table(
+    # A transaction by id: id_key(tx_id) to its position, the full id compared in the row.
+    # Holds the transactions of blocks up to the tx_ids_through stamp; those above it are
+    # found from memory (_RecentIds) until a batch adds them (docs/architecture.md,
+    # "Storage", says why not a unique index on tx_id).
+    "tx_ids",
+    metadata,
+    Column("id_key", BigInteger, nullable=False),
+    Column("height", _Height, nullable=False),
+    Column("tx_index", Integer, nullable=False),
+    PrimaryKeyConstraint("id_key", "height", "tx_index"),
+    sqlite_with_rowid=False,
 )
 
 state_table = Table(
@@ -185,6 +204,84 @@ invariant(
     [column.name for column in txs_table.columns] == ["height", *TxRow._fields],
     "txs columns must be the height and then the fields of TxRow",
 )
+
+_ID_KEY_SIGN = 1 << 63
+
+
+def id_key(tx_id: str) -> int | None:
+    """The first 8 bytes of a transaction id as a signed 64-bit integer (the key of
+    ``tx_ids``), or ``None`` for a text that is no transaction id."""
+    if not is_hex(tx_id, 32):  # a sha256
+        return None
+    key = int(tx_id[:16], 16)
+    return key - (_ID_KEY_SIGN << 1) if key >= _ID_KEY_SIGN else key
+
+
+ID_BATCH_TXS = 50_000
+"""Transactions a store finds by id from memory before it adds them to ``tx_ids``, sorted by
+key, in one batch (inside the commit of the block that fills it). A block's ids are random
+keys: added block by block they dirtied about one page of the index each, wherever they
+fell, which a commit writes to the WAL and a checkpoint copies again; a sorted batch of
+50,000 dirties each page of the index about once for all of them. The memory this costs is
+about 100 bytes a transaction, 5 MiB in all (docs/benchmarks.md)."""
+
+_INDEX_BITS = 16
+invariant(BLOCK_TXS_MAX < 1 << _INDEX_BITS, "a position packs the index into 16 bits")
+
+
+class _RecentIds:
+    """The positions of the transactions stored above ``tx_ids_through``, by id key.
+
+    Written only by the writer. A reader takes the store's current instance before it opens
+    its connection: the writer replaces the instance only after the commit that added its
+    transactions to ``tx_ids``, so a reader that holds the new one reads that commit.
+    """
+
+    __slots__ = ("count", "positions")
+
+    def __init__(self) -> None:
+        self.positions: dict[int, int | tuple[int, ...]] = {}
+        self.count = 0
+
+    def add(self, key: int, height: int, index: int) -> None:
+        packed = height << _INDEX_BITS | index
+        held = self.positions.get(key)
+        self.positions[key] = packed if held is None else (*_as_tuple(held), packed)
+        self.count += 1
+
+    def remove(self, key: int, height: int, index: int) -> None:
+        packed = height << _INDEX_BITS | index
+        rest = tuple(p for p in _as_tuple(self.positions.get(key, ())) if p != packed)
+        if len(rest) == len(_as_tuple(self.positions.get(key, ()))):
+            return
+        self.count -= 1
+        if rest:
+            self.positions[key] = rest
+        else:
+            del self.positions[key]
+
+    def find(self, keys: Collection[int]) -> list[tuple[int, int]]:
+        """The positions ``(height, index)`` held under any of ``keys``."""
+        mask = (1 << _INDEX_BITS) - 1
+        found: list[tuple[int, int]] = []
+        for key in keys:
+            held = self.positions.get(key)
+            if held is not None:
+                found.extend((packed >> _INDEX_BITS, packed & mask) for packed in _as_tuple(held))
+        return found
+
+    def rows(self) -> list[tuple[int, int, int]]:
+        """Every entry as a ``tx_ids`` row ``(id_key, height, tx_index)``."""
+        mask = (1 << _INDEX_BITS) - 1
+        return [
+            (key, packed >> _INDEX_BITS, packed & mask)
+            for key, held in self.positions.items()
+            for packed in _as_tuple(held)
+        ]
+
+
+def _as_tuple(held: int | tuple[int, ...]) -> tuple[int, ...]:
+    return (held,) if isinstance(held, int) else held
 
 
 class SqlStore(TxSummaryReads):
@@ -221,6 +318,7 @@ class SqlStore(TxSummaryReads):
             raise
         self._where = self._write_engine.url.render_as_string(hide_password=True)
         self._writes = _Writes(self._write_engine.dialect)
+        self._recent = _RecentIds()
         try:
             with _database_errors(f"cannot open database {self._where}"):
                 self._open(genesis_state or {})
@@ -255,6 +353,7 @@ class SqlStore(TxSummaryReads):
                     )
                 self._create(conn, genesis_state)
             self._check_stamp(conn)
+            self._recent = _load_recent(conn)
 
     def _create(self, conn: Connection, genesis_state: Mapping[StateKey, StateValue]) -> None:
         metadata.create_all(conn)
@@ -262,6 +361,7 @@ class SqlStore(TxSummaryReads):
             "schema_version": str(SCHEMA_VERSION),
             "chain_id": self._chain_id,
             "genesis_hash": self._genesis_hash,
+            "tx_ids_through": "0",
         }
         conn.execute(
             meta_table.insert(), [{"name": name, "value": value} for name, value in stamp.items()]
@@ -274,19 +374,22 @@ class SqlStore(TxSummaryReads):
 
     def _check_stamp(self, conn: Connection) -> None:
         stamp = dict(conn.execute(select(meta_table.c.name, meta_table.c.value)).all())
-        version = stamp.get("schema_version")
-        if version != str(SCHEMA_VERSION):
-            raise SchemaVersionError(
-                f"{self._where} has storage schema version {version}, this coopledger uses "
-                f"version {SCHEMA_VERSION}: use a coopledger release of version {version}, "
-                "or start from an empty database and sync the chain from peers"
-            )
         found = (stamp.get("chain_id"), stamp.get("genesis_hash"))
         if found != (self._chain_id, self._genesis_hash):
             raise StorageError(
                 f"{self._where} holds chain {found[0]!r} with genesis {found[1]}, but this node "
                 f"is configured for chain {self._chain_id!r} with genesis {self._genesis_hash}: "
                 "point it at the database of its own chain"
+            )
+        version = stamp.get("schema_version")
+        if version == "1":
+            _migrate_from_1(conn)
+            version = str(SCHEMA_VERSION)
+        if version != str(SCHEMA_VERSION):
+            raise SchemaVersionError(
+                f"{self._where} has storage schema version {version}, this coopledger uses "
+                f"version {SCHEMA_VERSION}: use a coopledger release of version {version}, "
+                "or start from an empty database and sync the chain from peers"
             )
 
     # --- writing ---------------------------------------------------------------------------
@@ -295,21 +398,40 @@ class SqlStore(TxSummaryReads):
         check_record(record, self._chain_id)
         rows = _BlockRows(record)  # encode before taking the write lock
         height = record.height
-        with (
-            _database_errors(f"block {height} not written"),
-            self._write_engine.connect() as conn,
-            conn.begin(),
-        ):
-            tip = conn.execute(
-                select(blocks_table.c.height, blocks_table.c.block_hash)
-                .order_by(blocks_table.c.height.desc())
-                .limit(1)
-            ).first()
-            if tip is None:
-                check_successor(None, self._genesis_hash, record)
-            else:
-                check_successor(tip.height, tip.block_hash, record)
-            self._writes.write(conn, rows)
+        recent = self._recent
+        batch = recent.count + len(rows.ids) >= ID_BATCH_TXS
+        added: list[tuple[int, int, int]] = []
+        try:
+            with (
+                _database_errors(f"block {height} not written"),
+                self._write_engine.connect() as conn,
+                conn.begin(),
+            ):
+                tip = conn.execute(
+                    select(blocks_table.c.height, blocks_table.c.block_hash)
+                    .order_by(blocks_table.c.height.desc())
+                    .limit(1)
+                ).first()
+                if tip is None:
+                    check_successor(None, self._genesis_hash, record)
+                else:
+                    check_successor(tip.height, tip.block_hash, record)
+                _refuse_stored_txs(conn, recent, height, [tx.tx_id for tx in record.txs])
+                self._writes.write(conn, rows)
+                if batch:
+                    self._writes.add_ids(conn, height, [*recent.rows(), *rows.ids])
+                else:
+                    # Before the commit, so that a reader never misses a committed
+                    # transaction; taken back if the commit fails.
+                    for entry in rows.ids:
+                        recent.add(*entry)
+                        added.append(entry)
+        except BaseException:
+            for entry in added:
+                recent.remove(*entry)
+            raise
+        if batch:
+            self._recent = _RecentIds()
 
     # --- reading ---------------------------------------------------------------------------
 
@@ -353,10 +475,14 @@ class SqlStore(TxSummaryReads):
         return header, list(rows)
 
     def tx(self, tx_id: str) -> CommittedTx | None:
-        query = _committed_tx_query().where(txs_table.c.tx_id == tx_id)
+        recent = self._recent  # before the connection: see _RecentIds
         with _database_errors(f"reading transaction {tx_id}"), self._engine.connect() as conn:
-            row = conn.execute(query).first()
-        return None if row is None else _committed_tx_from_row(row)
+            for condition in _by_id(recent, (tx_id,)):
+                query = _committed_tx_query().where(condition, txs_table.c.tx_id == tx_id)
+                row = conn.execute(query).first()
+                if row is not None:
+                    return _committed_tx_from_row(row)
+        return None
 
     def state_get(self, key: StateKey) -> StateValue | None:
         query = select(state_table.c.value_json).where(state_table.c.key == key)
@@ -436,16 +562,9 @@ class SqlStore(TxSummaryReads):
         return [_committed_tx_from_row(row) for row in rows]
 
     def committed_unexpired(self, tx_ids: Collection[str], now_ms: int) -> set[str]:
-        distinct = sorted(set(tx_ids))
-        found: set[str] = set()
+        recent = self._recent  # before the connection: see _RecentIds
         with _database_errors("reading the deduplication index"), self._engine.connect() as conn:
-            for start in range(0, len(distinct), KEYS_PER_QUERY_MAX):
-                chunk = distinct[start : start + KEYS_PER_QUERY_MAX]
-                query = select(txs_table.c.tx_id).where(
-                    txs_table.c.tx_id.in_(chunk), txs_table.c.expires_at_ms > now_ms
-                )
-                found.update(str(row[0]) for row in conn.execute(query))
-        return found
+            return _stored_tx_ids(conn, recent, set(tx_ids), txs_table.c.expires_at_ms > now_ms)
 
     def latest_expiry_ms(self) -> int:
         query = select(func.max(txs_table.c.expires_at_ms))  # the txs_expiry index's last entry
@@ -458,13 +577,106 @@ class SqlStore(TxSummaryReads):
         self._write_engine.dispose()
 
 
+MIGRATION_BLOCKS_PER_STEP = 1_000
+"""Blocks whose transactions :func:`_migrate_from_1` reads and indexes in one statement."""
+
+
+def _migrate_from_1(conn: Connection) -> None:
+    """Schema 1 to 2, inside the opening transaction: the ``tx_ids`` index, filled with every
+    stored transaction, and its ``tx_ids_through`` stamp. What schema 1 had instead (a
+    unique index on ``tx_id``, and the asset events' foreign key to it) stays: it still
+    holds, and only costs the writes of such a database what it cost before."""
+    tx_ids_table.create(conn)
+    txs = txs_table
+    top = conn.execute(select(func.max(txs.c.height))).scalar() or 0
+    for low in range(0, top + 1, MIGRATION_BLOCKS_PER_STEP):
+        rows = conn.execute(
+            select(txs.c.tx_id, txs.c.height, txs.c.tx_index).where(
+                txs.c.height >= low, txs.c.height < low + MIGRATION_BLOCKS_PER_STEP
+            )
+        ).all()
+        ids = [(id_key(tx_id), height, index) for tx_id, height, index in rows]
+        ids = [row for row in ids if row[0] is not None]  # a corrupt row says so when read
+        if ids:
+            conn.execute(
+                tx_ids_table.insert(),
+                [{"id_key": k, "height": h, "tx_index": i} for k, h, i in sorted(ids)],
+            )
+    conn.execute(meta_table.insert(), [{"name": "tx_ids_through", "value": str(top)}])
+    conn.execute(
+        meta_table.update()
+        .where(meta_table.c.name == "schema_version")
+        .values(value=str(SCHEMA_VERSION))
+    )
+
+
+def _by_id(recent: _RecentIds, tx_ids: Collection[str]) -> Iterator[Any]:
+    """Conditions on ``txs`` (each alone, joined with ``tx_ids`` in the query) that select
+    the stored transactions among ``tx_ids``, and others sharing their id keys: those held
+    in ``recent`` by position, the rest through the ``tx_ids`` index. The caller compares
+    the ids read."""
+    keys = sorted({key for key in map(id_key, tx_ids) if key is not None})
+    positions = recent.find(keys)
+    position = tuple_(txs_table.c.height, txs_table.c.tx_index)
+    for start in range(0, len(positions), KEYS_PER_QUERY_MAX):
+        yield position.in_(positions[start : start + KEYS_PER_QUERY_MAX])
+    for start in range(0, len(keys), KEYS_PER_QUERY_MAX):
+        yield position.in_(
+            select(tx_ids_table.c.height, tx_ids_table.c.tx_index).where(
+                tx_ids_table.c.id_key.in_(keys[start : start + KEYS_PER_QUERY_MAX])
+            )
+        )
+
+
+def _stored_tx_ids(conn: Connection, recent: _RecentIds, tx_ids: set[str], *where: Any) -> set[str]:
+    """Those of ``tx_ids`` that are stored (and match ``where``)."""
+    found: set[str] = set()
+    for condition in _by_id(recent, tx_ids):
+        query = select(txs_table.c.tx_id).where(condition, *where)
+        found.update(tx_id for (tx_id,) in conn.execute(query) if tx_id in tx_ids)
+    return found
+
+
+def _refuse_stored_txs(
+    conn: Connection, recent: _RecentIds, height: int, tx_ids: list[str]
+) -> None:
+    """Refuse block ``height`` if it repeats a transaction, its own or one stored before: what
+    a unique index on ``tx_id`` would refuse, without its cost (docs/architecture.md)."""
+    repeated = repeated_tx(tx_ids)
+    if repeated is not None:
+        raise StorageError(f"block {height} not written: {repeated}")
+    stored = _stored_tx_ids(conn, recent, set(tx_ids))
+    if stored:
+        raise StorageError(
+            f"block {height} not written: transaction {min(stored)} is already stored"
+        )
+
+
+def _load_recent(conn: Connection) -> _RecentIds:
+    """The transactions above the ``tx_ids_through`` stamp, read in chain order."""
+    through = conn.execute(
+        select(meta_table.c.value).where(meta_table.c.name == "tx_ids_through")
+    ).scalar()
+    recent = _RecentIds()
+    query = (
+        select(txs_table.c.tx_id, txs_table.c.height, txs_table.c.tx_index)
+        .where(txs_table.c.height > int(through or 0))
+        .order_by(txs_table.c.height, txs_table.c.tx_index)
+    )
+    for tx_id, height, index in conn.execute(query):
+        key = id_key(tx_id)
+        if key is not None:  # else the row is corrupt, and reading it will say so
+            recent.add(key, height, index)
+    return recent
+
+
 _Parameters = list[tuple[Any, ...]]
 
 
 class _BlockRows:
     """The parameter rows of one block as tuples, in the column order of :class:`_Writes`."""
 
-    __slots__ = ("block", "events", "refs", "state_deletes", "state_puts", "txs")
+    __slots__ = ("block", "events", "ids", "refs", "state_deletes", "state_puts", "txs")
 
     def __init__(self, record: BlockRecord) -> None:
         height = record.height
@@ -473,8 +685,12 @@ class _BlockRows:
         ]
         self.txs: _Parameters = []
         self.refs: _Parameters = []
+        self.ids: list[tuple[int, int, int]] = []  # tx_ids rows
         for tx in record.txs:
             self.txs.append((height, *tx_row(tx)))
+            key = id_key(tx.tx_id)
+            invariant(key is not None, f"block {height}: {tx.tx_id!r} is not a transaction id")
+            self.ids.append((key, height, tx.index))  # type: ignore[arg-type]
             self.refs.extend((kind, ref_id, height, tx.index) for kind, ref_id in unique_refs(tx))
         changes = record.state_changes.items()
         self.state_puts: _Parameters = [(key, text) for key, text in changes if text is not None]
@@ -487,7 +703,7 @@ class _BlockRows:
 
 class _Writes:
     """The statements of a block commit, compiled once for the engine's dialect, in the order
-    they run (asset events last: their foreign key needs the transactions).
+    they run (asset events last), and the batch that adds ids to ``tx_ids``.
 
     The rows go straight to the driver, as SQLAlchemy's per-row parameter processing would
     cost more than the database work: on SQLite by ``executemany`` (in-process, no round
@@ -509,6 +725,14 @@ class _Writes:
         self._upsert_state = _positional(upsert, dialect, ("key", "value_json"))
         self._delete_state = _positional(delete, dialect, ("state_key",))
         self._insert_events = self._insert_sql(dialect, asset_events_table)
+        self._insert_ids = self._insert_sql(dialect, tx_ids_table)
+        self._stamp_ids = _positional(
+            meta_table.update()
+            .where(meta_table.c.name == bindparam("meta_name"))
+            .values(value=bindparam("through")),
+            dialect,
+            ("through", "meta_name"),
+        )
 
     def _insert_sql(self, dialect: Dialect, table: Table) -> str:
         columns = [column.name for column in table.columns]
@@ -528,6 +752,13 @@ class _Writes:
         if rows.state_deletes:
             conn.exec_driver_sql(self._delete_state, rows.state_deletes)
         self._insert(conn, self._insert_events, rows.events)
+
+    def add_ids(self, conn: Connection, through: int, ids: list[tuple[int, int, int]]) -> None:
+        """Add ``ids`` (``tx_ids`` rows) to the index, sorted by key, and stamp that it now
+        holds every transaction up to height ``through``."""
+        ids.sort()
+        self._insert(conn, self._insert_ids, ids)
+        conn.exec_driver_sql(self._stamp_ids, (str(through), "tx_ids_through"))
 
     def _insert(self, conn: Connection, sql: str, parameters: _Parameters) -> None:
         if not parameters:
