@@ -399,7 +399,7 @@ class SqlStore(TxSummaryReads):
         rows = _BlockRows(record)  # encode before taking the write lock
         height = record.height
         recent = self._recent
-        batch = recent.count + len(rows.ids) >= ID_BATCH_TXS
+        batch = False
         added: list[tuple[int, int, int]] = []
         try:
             with (
@@ -407,6 +407,8 @@ class SqlStore(TxSummaryReads):
                 self._write_engine.connect() as conn,
                 conn.begin(),
             ):
+                recent = self._recent  # under the write lock: what the last commit left
+                batch = recent.count + len(rows.ids) >= ID_BATCH_TXS
                 tip = conn.execute(
                     select(blocks_table.c.height, blocks_table.c.block_hash)
                     .order_by(blocks_table.c.height.desc())
