@@ -222,8 +222,9 @@ ID_BATCH_TXS = 50_000
 key, in one batch (inside the commit of the block that fills it). A block's ids are random
 keys: added block by block they dirtied about one page of the index each, wherever they
 fell, which a commit writes to the WAL and a checkpoint copies again; a sorted batch of
-50,000 dirties each page of the index about once for all of them. The memory this costs is
-about 100 bytes a transaction, 5 MiB in all (docs/benchmarks.md)."""
+50,000 dirties each page of the index about once for all of them. The memory this costs:
+5.7 MiB at 50,000, and 6.1 MiB more for the sorted rows while a batch is written
+(docs/benchmarks.md)."""
 
 _INDEX_BITS = 16
 invariant(BLOCK_TXS_MAX < 1 << _INDEX_BITS, "a position packs the index into 16 bits")
