@@ -252,8 +252,9 @@ class _RecentIds:
 
     def remove(self, key: int, height: int, index: int) -> None:
         packed = height << _INDEX_BITS | index
-        rest = tuple(p for p in _as_tuple(self.positions.get(key, ())) if p != packed)
-        if len(rest) == len(_as_tuple(self.positions.get(key, ()))):
+        held = _as_tuple(self.positions.get(key, ()))
+        rest = tuple(p for p in held if p != packed)
+        if len(rest) == len(held):
             return
         self.count -= 1
         if rest:
@@ -419,7 +420,8 @@ class SqlStore(TxSummaryReads):
                     check_successor(None, self._genesis_hash, record)
                 else:
                     check_successor(tip.height, tip.block_hash, record)
-                _refuse_stored_txs(conn, recent, height, [tx.tx_id for tx in record.txs])
+                tx_ids = [tx.tx_id for tx in record.txs]
+                _refuse_stored_txs(conn, recent, height, tx_ids, [key for key, _, _ in rows.ids])
                 self._writes.write(conn, rows)
                 if batch:
                     self._writes.add_ids(conn, height, [*recent.rows(), *rows.ids])
@@ -480,7 +482,7 @@ class SqlStore(TxSummaryReads):
     def tx(self, tx_id: str) -> CommittedTx | None:
         recent = self._recent  # before the connection: see _RecentIds
         with _database_errors(f"reading transaction {tx_id}"), self._engine.connect() as conn:
-            for condition in _by_id(recent, (tx_id,)):
+            for condition in _by_id(recent, _id_keys((tx_id,))):
                 query = _committed_tx_query().where(condition, txs_table.c.tx_id == tx_id)
                 row = conn.execute(query).first()
                 if row is not None:
@@ -567,7 +569,9 @@ class SqlStore(TxSummaryReads):
     def committed_unexpired(self, tx_ids: Collection[str], now_ms: int) -> set[str]:
         recent = self._recent  # before the connection: see _RecentIds
         with _database_errors("reading the deduplication index"), self._engine.connect() as conn:
-            return _stored_tx_ids(conn, recent, set(tx_ids), txs_table.c.expires_at_ms > now_ms)
+            wanted = set(tx_ids)
+            expiry = txs_table.c.expires_at_ms > now_ms
+            return _stored_tx_ids(conn, recent, wanted, _id_keys(wanted), expiry)
 
     def latest_expiry_ms(self) -> int:
         query = select(func.max(txs_table.c.expires_at_ms))  # the txs_expiry index's last entry
@@ -613,12 +617,15 @@ def _migrate_from_1(conn: Connection) -> None:
     )
 
 
-def _by_id(recent: _RecentIds, tx_ids: Collection[str]) -> Iterator[Any]:
-    """Conditions on ``txs`` (each alone, joined with ``tx_ids`` in the query) that select
-    the stored transactions among ``tx_ids``, and others sharing their id keys: those held
-    in ``recent`` by position, the rest through the ``tx_ids`` index. The caller compares
-    the ids read."""
-    keys = sorted({key for key in map(id_key, tx_ids) if key is not None})
+def _id_keys(tx_ids: Collection[str]) -> list[int]:
+    return [key for key in map(id_key, tx_ids) if key is not None]
+
+
+def _by_id(recent: _RecentIds, id_keys: Collection[int]) -> Iterator[Any]:
+    """Conditions on ``txs`` that select the stored transactions with these ``id_keys``
+    (each condition alone: the ``tx_ids`` index is a subquery): those held in ``recent`` by
+    position, the rest through the index. The caller compares the ids read."""
+    keys = sorted(set(id_keys))
     positions = recent.find(keys)
     position = tuple_(txs_table.c.height, txs_table.c.tx_index)
     for start in range(0, len(positions), KEYS_PER_QUERY_MAX):
@@ -631,24 +638,26 @@ def _by_id(recent: _RecentIds, tx_ids: Collection[str]) -> Iterator[Any]:
         )
 
 
-def _stored_tx_ids(conn: Connection, recent: _RecentIds, tx_ids: set[str], *where: Any) -> set[str]:
-    """Those of ``tx_ids`` that are stored (and match ``where``)."""
+def _stored_tx_ids(
+    conn: Connection, recent: _RecentIds, tx_ids: set[str], keys: Collection[int], *where: Any
+) -> set[str]:
+    """Those of ``tx_ids`` (whose id keys are ``keys``) that are stored and match ``where``."""
     found: set[str] = set()
-    for condition in _by_id(recent, tx_ids):
+    for condition in _by_id(recent, keys):
         query = select(txs_table.c.tx_id).where(condition, *where)
         found.update(tx_id for (tx_id,) in conn.execute(query) if tx_id in tx_ids)
     return found
 
 
 def _refuse_stored_txs(
-    conn: Connection, recent: _RecentIds, height: int, tx_ids: list[str]
+    conn: Connection, recent: _RecentIds, height: int, tx_ids: list[str], keys: list[int]
 ) -> None:
     """Refuse block ``height`` if it repeats a transaction, its own or one stored before: what
     a unique index on ``tx_id`` would refuse, without its cost (docs/architecture.md)."""
     repeated = repeated_tx(tx_ids)
     if repeated is not None:
         raise StorageError(f"block {height} not written: {repeated}")
-    stored = _stored_tx_ids(conn, recent, set(tx_ids))
+    stored = _stored_tx_ids(conn, recent, set(tx_ids), keys)
     if stored:
         raise StorageError(
             f"block {height} not written: transaction {min(stored)} is already stored"
