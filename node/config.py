@@ -13,6 +13,7 @@
      "tokens_file": "tokens.json",               # optional: gateway API tokens (hashed)
      "member_keys": {"alpine-cheese": "keys/alpine-cheese.json"},  # optional: custodial keys
      "mempool_txs_max": 50000,                   # optional
+     "block_wait_ms": 50,                        # optional: how long a small block may wait to fill
      "auth_failures_max": 20}                    # optional: failed tokens per client a minute
 
 Relative paths are resolved against the directory of the configuration file, so a node
@@ -43,7 +44,20 @@ REQUIRED = (
     "peer_listen",
     "api_listen",
 )
-OPTIONAL = ("peers", "tokens_file", "member_keys", "mempool_txs_max", "auth_failures_max")
+OPTIONAL = (
+    "peers",
+    "tokens_file",
+    "member_keys",
+    "mempool_txs_max",
+    "block_wait_ms",
+    "auth_failures_max",
+)
+
+BLOCK_WAIT_MS_DEFAULT = 50
+"""How long after its last commit a proposer with fewer than 64 transactions pending waits for
+more before it builds (docs/architecture.md, "Validator runtime", says why)."""
+
+BLOCK_WAIT_MS_MAX = 1_000
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -60,6 +74,9 @@ class NodeConfig:
     tokens_file: Path | None = None
     member_keys: dict[str, Path] = field(default_factory=dict)
     mempool_txs_max: int = MEMPOOL_TXS_MAX
+    block_wait_ms: int = BLOCK_WAIT_MS_DEFAULT
+    """A proposer with fewer than 64 transactions pending builds only this long after its last
+    commit (0: at once). Capped at run time at a quarter of the genesis ``timeout_propose_ms``."""
     auth_failures_max: int = AUTH_FAILURES_MAX
     """Failed token attempts per client address per minute before the gateway answers 429."""
 
@@ -117,6 +134,10 @@ def parse_config(document: object, source: Path) -> NodeConfig:
     problem = check_int(mempool_txs_max, 1, MEMPOOL_TXS_MAX)
     if problem:
         raise ConfigError(where, "mempool_txs_max", problem)
+    block_wait_ms = document.get("block_wait_ms", BLOCK_WAIT_MS_DEFAULT)
+    problem = check_int(block_wait_ms, 0, BLOCK_WAIT_MS_MAX)
+    if problem:
+        raise ConfigError(where, "block_wait_ms", problem)
     auth_failures_max = document.get("auth_failures_max", AUTH_FAILURES_MAX)
     problem = check_int(auth_failures_max, 1, 10**9)
     if problem:
@@ -135,6 +156,7 @@ def parse_config(document: object, source: Path) -> NodeConfig:
         tokens_file=None if tokens_file is None else path("tokens_file", tokens_file),
         member_keys=member_keys,
         mempool_txs_max=mempool_txs_max,
+        block_wait_ms=block_wait_ms,
         auth_failures_max=auth_failures_max,
     )
 

@@ -580,6 +580,10 @@ class NodeRuntime:
         self._work: asyncio.Event | None = None
         self._commit_waiters: dict[str, list[asyncio.Future[None]]] = {}
         self._last_commit_monotonic = time.monotonic()
+        self._block_wait_s = (
+            min(config.block_wait_ms, self._genesis.params["timeout_propose_ms"] // 4) / 1000
+        )
+        """How long after the last commit a block of fewer than ``BLOCK_TXS_MIN`` waits to fill."""
         self._sync: _Sync | None = None
         self._peer_heights: dict[str, int] = {}
         self._gossip_buffer: list[bytes] = []
@@ -971,6 +975,12 @@ class NodeRuntime:
             self._work.clear()
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self._work.wait(), remaining)
+        # Light load: let the block fill for a moment instead of committing a block for
+        # every few transactions, each costing every validator a round of votes, a database
+        # commit and its fsyncs (docs/architecture.md, "Validator runtime").
+        remaining = self._block_wait_s - (time.monotonic() - self._last_commit_monotonic)
+        if remaining > 0 and len(self.mempool) < BLOCK_TXS_MIN:
+            await asyncio.sleep(remaining)
 
         async def build() -> None:
             if self.core.height != height or self._ledger.height + 1 != height:

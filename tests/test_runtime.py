@@ -25,7 +25,7 @@ from consensus.events import ScheduleTimeout
 from consensus.messages import Block, Proposal
 from consensus.types import Height, Round, TimerKind, ValidatorId
 from node import runtime
-from node.config import load_config
+from node.config import load_config, parse_config
 from node.consortium import make_consortium
 from node.errors import AdmissionError, ConfigError
 from node.genesis import load_genesis
@@ -542,3 +542,57 @@ def test_blocks_shrink_when_validation_gets_slow_and_grow_back() -> None:
     for _ in range(60):
         app.observe_cost(seconds=0.02, txs=1000)
     assert app.block_txs_limit() == genesis.params["block_txs_max"]
+
+
+def test_block_wait_is_read_from_the_config_bounded_and_capped_by_the_propose_timeout(
+    tmp_path: Path,
+) -> None:
+    generate(tmp_path, validators=4, base_port=free_base_port(8))
+    path = tmp_path / "validator-0" / "config.json"
+    document = orjson.loads(path.read_bytes())
+    assert load_config(path).block_wait_ms == 50  # the default
+    for value, problem in ((-1, "between 0 and 1000"), (1001, "between"), (True, "integer")):
+        with pytest.raises(ConfigError, match=f"block_wait_ms.*{problem}"):
+            parse_config({**document, "block_wait_ms": value}, path)
+    path.write_bytes(orjson.dumps({**document, "block_wait_ms": 1000}))
+    node = NodeRuntime(load_config(path))
+    try:
+        timeout_propose_ms = node.genesis.params["timeout_propose_ms"]
+        assert node._block_wait_s == timeout_propose_ms // 4 / 1000  # a quarter at most
+    finally:
+        node.close()
+
+
+def test_a_proposer_lets_a_small_block_fill_until_the_wait_is_over_but_not_a_full_one(
+    tmp_path: Path,
+) -> None:
+    """Under light load a block waits up to ``block_wait_ms`` after the last commit for more
+    transactions; once the mempool holds ``BLOCK_TXS_MIN`` it is built at once."""
+    net = Network(tmp_path)
+
+    async def main() -> None:
+        node = NodeRuntime(load_config(tmp_path / "validator-0" / "config.json"))
+        builds: list[float] = []
+        node._enqueue = lambda item: builds.append(time.monotonic())  # type: ignore[method-assign]
+        node._work = asyncio.Event()
+        try:
+            for i in range(3):
+                await node.submit(net.envelope(f"few-{i}"))
+            node._block_wait_s = 0.3
+            node._last_commit_monotonic = committed = time.monotonic()
+            await node._build_when_there_is_work(Height(1), Round(0), node.validator_id)
+            assert len(builds) == 1 and builds[0] - committed >= 0.3
+
+            envelopes = [net.envelope(f"many-{i}") for i in range(runtime.BLOCK_TXS_MIN)]
+            for envelope in envelopes:
+                await node.submit(envelope)
+            node._block_wait_s = 60.0  # would outlast the test: a full block must not wait
+            node._last_commit_monotonic = time.monotonic()
+            await asyncio.wait_for(
+                node._build_when_there_is_work(Height(1), Round(0), node.validator_id), 30
+            )
+            assert len(builds) == 2
+        finally:
+            node.close()
+
+    asyncio.run(main())
