@@ -20,7 +20,6 @@ from node.config import load_config
 from node.demo_testnet import post_demo
 from node.runtime import NodeRuntime
 from node.testnet import (
-    START_TIMEOUT_S,
     TestnetError,
     generate,
     node_entry,
@@ -29,7 +28,7 @@ from node.testnet import (
     read_description,
     start_node,
     stop_node,
-    wait_for_height,
+    wait_started,
     write_description,
 )
 
@@ -120,18 +119,7 @@ def register(app: typer.Typer) -> None:
                 status.update(f"started {entry['name']} (pid {entry['pid']})")
             write_description(directory, description)
             status.update("waiting for the first committed block")
-            try:
-                wait_for_height(
-                    [e["api"] for e in description["nodes"]],
-                    1,
-                    START_TIMEOUT_S,
-                    description["operator_token"],
-                )
-            except TestnetError as error:
-                logs = ", ".join(
-                    str(directory / e["name"] / "node.log") for e in description["nodes"]
-                )
-                raise TestnetError(f"{error}; see {logs}") from error
+            wait_started(directory, description)
         if demo:
             with console.status("posting the demo scenario"):
                 post_demo(description)

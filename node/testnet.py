@@ -22,6 +22,7 @@ import os
 import signal
 import sys
 import time
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -272,11 +273,33 @@ def node_status(api: str, token: str, timeout_s: float = 2.0) -> dict[str, Any] 
     return value if isinstance(value, dict) else None
 
 
-def wait_for_height(apis: list[str], height: int, timeout_s: float, token: str) -> dict[str, int]:
-    """Poll every node until each reports ``height`` or more; return the heights seen."""
+class NodeExitedError(TestnetError):
+    """A node's process ended while :func:`wait_for_height` waited for it."""
+
+    def __init__(self, api: str, pid: int, height: int) -> None:
+        super().__init__(f"the node at {api} (pid {pid}) exited before reaching height {height}")
+        self.api = api
+
+
+def wait_for_height(
+    apis: list[str],
+    height: int,
+    timeout_s: float,
+    token: str,
+    *,
+    processes: Mapping[str, int] | None = None,
+) -> dict[str, int]:
+    """Poll every node until each reports ``height`` or more; return the heights seen.
+
+    ``processes`` (API URL to pid): give up as soon as one of them has exited (a node that
+    could not start), instead of waiting out ``timeout_s``.
+    """
     deadline = time.monotonic() + timeout_s
     heights: dict[str, int] = {}
     while time.monotonic() < deadline:
+        for api, pid in (processes or {}).items():
+            if not pid_alive(pid):
+                raise NodeExitedError(api, pid, height)
         for api in apis:
             status = node_status(api, token)
             if status is not None:
@@ -285,6 +308,43 @@ def wait_for_height(apis: list[str], height: int, timeout_s: float, token: str) 
             return heights
         time.sleep(0.2)
     raise TestnetError(f"nodes did not reach height {height} within {timeout_s:.0f} s: {heights}")
+
+
+def wait_started(directory: Path, description: dict[str, Any]) -> None:
+    """Wait until every node of the testnet in ``directory`` reports block 1. A node whose
+    process exits meanwhile (its port taken, say) is named at once, with the last line of
+    its log, instead of after ``START_TIMEOUT_S``."""
+    nodes = description["nodes"]
+    try:
+        wait_for_height(
+            [node["api"] for node in nodes],
+            1,
+            START_TIMEOUT_S,
+            description["operator_token"],
+            processes={node["api"]: int(node["pid"]) for node in nodes},
+        )
+    except NodeExitedError as error:
+        name = next(node["name"] for node in nodes if node["api"] == error.api)
+        log = directory / name / "node.log"
+        raise TestnetError(
+            f"{name} exited: {last_log_line(log) or 'its log is empty'} (see {log}); "
+            f"`coopledger testnet down --dir {directory}` stops the others"
+        ) from error
+    except TestnetError as error:
+        logs = ", ".join(str(directory / node["name"] / "node.log") for node in nodes)
+        raise TestnetError(f"{error}; see {logs}") from error
+
+
+def last_log_line(path: Path) -> str:
+    """The last non-empty line of a node's log (what it said as it stopped), or ``""``."""
+    try:
+        with open(path, "rb") as handle:
+            handle.seek(max(0, handle.seek(0, os.SEEK_END) - 8192))
+            tail = handle.read().decode("utf-8", errors="replace")
+    except OSError:
+        return ""
+    lines = [line.strip() for line in tail.splitlines() if line.strip()]
+    return lines[-1] if lines else ""
 
 
 def stop_node(pid: int, *, hard: bool = False) -> None:

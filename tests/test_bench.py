@@ -18,12 +18,13 @@ from eth_account import Account
 
 from gateway.client import Client
 from node.bench.cli import latency_row
-from node.bench.coop import start_testnet, stop_testnet, wait_started
+from node.bench.coop import start_testnet, stop_testnet
 from node.bench.engine import Measurement, SeenBlock
 from node.bench.evm import sign_legacy
 from node.bench.profile import summarise
 from node.bench.report import figures, percentile, rss_growth_mib_per_min
 from node.bench.workload import PATTERN, TXS_PER_PATTERN, lots
+from node.testnet import wait_started
 from node.tx import PAYLOAD_CHECKS
 
 BASE_PORT = 31700
@@ -107,7 +108,7 @@ def test_short_run_reports_consistent_figures(tmp_path: Path) -> None:
     directory = tmp_path / "net"
     description = start_testnet(directory, validators=4, db="sqlite", base_port=BASE_PORT)
     try:
-        wait_started(description)
+        wait_started(directory, description)
         run = subprocess.run(
             # A paced load (not "as fast as accepted"): an unpaced burst of 12,000
             # transactions can take longer than a short window to reach its first block on

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import os
+import socket
 import subprocess
 import sys
 import threading
@@ -315,3 +316,25 @@ def test_kill_and_restart_on_postgresql(tmp_path: Path, postgres_server_url: str
             assert all(receipt["tx_id"] in node_ids for node_ids in ids.values())
     finally:
         net.down()
+
+
+def test_up_names_a_validator_that_cannot_start_instead_of_waiting_out_the_timeout(
+    tmp_path: Path,
+) -> None:
+    """validator-1's peer port is taken: `up` says so at once, with the node's own words."""
+    base = free_base_port(8)
+    directory = tmp_path / "net"
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", base + 2))
+        taken.listen()
+        try:
+            result = cli(
+                "testnet", "up", "--dir", str(directory), "--base-port", str(base), check=False
+            )
+        finally:
+            cli("testnet", "down", "--dir", str(directory), check=False)
+    assert result.returncode != 0
+    message = " ".join((result.stdout + result.stderr).split())
+    assert "validator-1 exited" in message, message
+    assert "address already in use" in message, message
+    assert "testnet down --dir" in message, message

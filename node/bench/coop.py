@@ -31,12 +31,10 @@ from node.crypto import KeyPair
 from node.keys import read_key_file
 from node.scenario import AUDITOR
 from node.testnet import (
-    START_TIMEOUT_S,
     generate,
     read_description,
     start_node,
     stop_node,
-    wait_for_height,
     write_description,
 )
 from node.tx import sign_transaction, tx_id_of
@@ -263,11 +261,6 @@ def start_testnet(directory: Path, *, validators: int, db: str, base_port: int) 
         entry["pid"] = start_node(directory, entry["name"])
     write_description(directory, description)
     return description
-
-
-def wait_started(description: dict[str, Any]) -> None:
-    apis = [node["api"] for node in description["nodes"]]
-    wait_for_height(apis, 1, START_TIMEOUT_S, description["operator_token"])
 
 
 def stop_testnet(directory: Path) -> None:

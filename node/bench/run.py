@@ -22,7 +22,7 @@ from node.bench.profile import start_recording, summarise
 from node.bench.report import figures, process_figures
 from node.bench.workload import lots
 from node.limits import TX_EXPIRY_MS_MAX
-from node.testnet import read_description
+from node.testnet import read_description, wait_started
 
 PRESIGN_RATE_GUESS = 4_000
 """Transactions a second to prepare for when ``--rate 0`` (as fast as possible): above the
@@ -122,7 +122,7 @@ def _load(
     count = prepare_count(options)
     engine.prepare(count, lambda n: progress(f"signing transactions: {n:,} of {count:,}"))
     progress("waiting for the validators to commit")
-    coop.wait_started(description)
+    wait_started(directory, description)
     with asyncio.Runner(loop_factory=uvloop.new_event_loop) as runner:
         return runner.run(_measure(engine, backend, description, directory, options, progress))
 
