@@ -22,7 +22,6 @@ import os
 import signal
 import sys
 import time
-from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -273,66 +272,31 @@ def node_status(api: str, token: str, timeout_s: float = 2.0) -> dict[str, Any] 
     return value if isinstance(value, dict) else None
 
 
-class NodeExitedError(TestnetError):
-    """A node's process ended while :func:`wait_for_height` waited for it."""
-
-    def __init__(self, api: str, pid: int, height: int) -> None:
-        super().__init__(f"the node at {api} (pid {pid}) exited before reaching height {height}")
-        self.api = api
-
-
-def wait_for_height(
-    apis: list[str],
-    height: int,
-    timeout_s: float,
-    token: str,
-    *,
-    processes: Mapping[str, int] | None = None,
-) -> dict[str, int]:
-    """Poll every node until each reports ``height`` or more; return the heights seen.
-
-    ``processes`` (API URL to pid): give up as soon as one of them has exited (a node that
-    could not start), instead of waiting out ``timeout_s``.
-    """
-    deadline = time.monotonic() + timeout_s
-    heights: dict[str, int] = {}
-    while time.monotonic() < deadline:
-        for api, pid in (processes or {}).items():
-            if not pid_alive(pid):
-                raise NodeExitedError(api, pid, height)
-        for api in apis:
-            status = node_status(api, token)
-            if status is not None:
-                heights[api] = int(status["height"])
-        if len(heights) == len(apis) and min(heights.values()) >= height:
-            return heights
-        time.sleep(0.2)
-    raise TestnetError(f"nodes did not reach height {height} within {timeout_s:.0f} s: {heights}")
-
-
 def wait_started(directory: Path, description: dict[str, Any]) -> None:
     """Wait until every node of the testnet in ``directory`` reports block 1. A node whose
     process exits meanwhile (its port taken, say) is named at once, with the last line of
     its log, instead of after ``START_TIMEOUT_S``."""
     nodes = description["nodes"]
-    try:
-        wait_for_height(
-            [node["api"] for node in nodes],
-            1,
-            START_TIMEOUT_S,
-            description["operator_token"],
-            processes={node["api"]: int(node["pid"]) for node in nodes},
-        )
-    except NodeExitedError as error:
-        name = next(node["name"] for node in nodes if node["api"] == error.api)
-        log = directory / name / "node.log"
-        raise TestnetError(
-            f"{name} exited: {last_log_line(log) or 'its log is empty'} (see {log}); "
-            f"`coopledger testnet down --dir {directory}` stops the others"
-        ) from error
-    except TestnetError as error:
-        logs = ", ".join(str(directory / node["name"] / "node.log") for node in nodes)
-        raise TestnetError(f"{error}; see {logs}") from error
+    deadline = time.monotonic() + START_TIMEOUT_S
+    heights: dict[str, int] = {}
+    while time.monotonic() < deadline:
+        for node in nodes:
+            if not pid_alive(int(node["pid"])):
+                log = directory / node["name"] / "node.log"
+                raise TestnetError(
+                    f"{node['name']} exited: {last_log_line(log) or 'its log is empty'} "
+                    f"(see {log}); `coopledger testnet down --dir {directory}` stops the others"
+                )
+            status = node_status(node["api"], description["operator_token"])
+            if status is not None:
+                heights[node["name"]] = int(status["height"])
+        if len(heights) == len(nodes) and min(heights.values()) >= 1:
+            return
+        time.sleep(0.2)
+    logs = ", ".join(str(directory / node["name"] / "node.log") for node in nodes)
+    raise TestnetError(
+        f"nodes did not reach height 1 within {START_TIMEOUT_S:.0f} s: {heights}; see {logs}"
+    )
 
 
 def last_log_line(path: Path) -> str:

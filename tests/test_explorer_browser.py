@@ -27,7 +27,7 @@ import httpx
 import pytest
 from tests_support import free_base_port
 
-from node.testnet import START_TIMEOUT_S, generate, start_node, stop_node, wait_for_height
+from node.testnet import generate, start_node, stop_node, wait_started
 
 pytestmark = pytest.mark.slow
 
@@ -214,7 +214,7 @@ def story(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Story]:
         node["pid"] = start_node(directory, node["name"])
     try:
         apis = [node["api"] for node in description["nodes"]]
-        wait_for_height(apis, 1, START_TIMEOUT_S, description["operator_token"])
+        wait_started(directory, description)
         tokens = {member["id"]: member["token"] for member in description["members"]}
         tx_ids = post_story(apis[0], tokens)
         # The page is read from another node than the one written to: any node serves it.

@@ -26,11 +26,10 @@ from tests_support import free_base_port
 from node.crypto import KeyPair
 from node.keys import read_key_file
 from node.testnet import (
-    START_TIMEOUT_S,
     generate,
     start_node,
     stop_node,
-    wait_for_height,
+    wait_started,
     write_description,
 )
 
@@ -61,7 +60,7 @@ def live(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LiveNode]:
     write_description(directory, description)
     try:
         apis = [node["api"] for node in description["nodes"]]
-        wait_for_height(apis, 1, START_TIMEOUT_S, description["operator_token"])
+        wait_started(directory, description)
         members = {m["id"]: m for m in description["members"]}
         yield LiveNode(
             api=apis[1],

@@ -49,7 +49,7 @@ from node.errors import ProofError
 from node.keys import read_key_file
 from node.ledger import Ledger
 from node.storage import MemoryStore
-from node.testnet import START_TIMEOUT_S, generate, start_node, stop_node, wait_for_height
+from node.testnet import generate, start_node, stop_node, wait_started
 from node.tx import parse_envelope, sign_transaction
 
 pytestmark = [pytest.mark.evm, pytest.mark.slow]
@@ -105,7 +105,7 @@ def story(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Story]:
             node["pid"] = start_node(directory / "net", node["name"])
         try:
             apis = [node["api"] for node in description["nodes"]]
-            wait_for_height(apis, 1, START_TIMEOUT_S, description["operator_token"])
+            wait_started(directory / "net", description)
             members = {m["id"]: m for m in description["members"]}
             current = Story(
                 api=apis[1],
