@@ -728,6 +728,66 @@ def test_sqlite_blocks_go_through_one_connection_with_the_large_cache(sqlite_url
     assert readers == {-SQLITE_READ_CACHE_KIB}
 
 
+def _checkpoint_threads() -> list[threading.Thread]:
+    return [thread for thread in threading.enumerate() if thread.name == "sqlite-checkpoint"]
+
+
+def test_sqlite_copies_the_wal_back_beside_the_writer(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # node/storage/_sql.py, _Checkpointer: blocks reach the database file by a thread of
+    # the store's own, not by a checkpoint inside the commit of whichever block filled the
+    # WAL. The writer's own backstop is far above what these blocks write, so the database
+    # file grows only if the thread copied the WAL back, while the store is open (closing the
+    # last connection would checkpoint too).
+    monkeypatch.setattr(sql_store, "SQLITE_CHECKPOINT_INTERVAL_S", 0.01)
+    path = tmp_path / "ledger.sqlite"
+    before = _checkpoint_threads()
+    store = SqlStore(f"sqlite:///{path}", chain_id=TEST_CHAIN_ID, genesis_hash=TEST_GENESIS_HASH)
+    try:
+        assert len(_checkpoint_threads()) == len(before) + 1
+        writer = store._write_engine.raw_connection()
+        try:
+            backstop = writer.execute("PRAGMA wal_autocheckpoint").fetchone()[0]
+        finally:
+            writer.close()
+        assert backstop == sql_store.SQLITE_CHECKPOINT_PAGES
+        empty = path.stat().st_size
+        builder = build_chain(store, [40] * 5)
+        deadline = time.monotonic() + 30
+        while path.stat().st_size <= empty and time.monotonic() < deadline:
+            time.sleep(0.02)
+        assert path.stat().st_size > empty, "the WAL was never copied back"
+        assert store._checkpointer is not None and store._checkpointer.copies >= 1
+        assert_store_holds(store, builder)
+    finally:
+        store.close()
+    assert _checkpoint_threads() == before  # close stops the thread
+
+
+def test_a_failing_checkpoint_is_logged_and_the_writer_goes_on(
+    sqlite_url: str, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    monkeypatch.setattr(sql_store, "SQLITE_CHECKPOINT_INTERVAL_S", 0.01)
+
+    def fail(self: Any) -> None:
+        raise OperationalError("PRAGMA wal_checkpoint", {}, Exception("disk I/O error"))
+
+    monkeypatch.setattr(sql_store._Checkpointer, "_copy", fail)
+    store = SqlStore(sqlite_url, chain_id=TEST_CHAIN_ID, genesis_hash=TEST_GENESIS_HASH)
+    try:
+        builder = build_chain(store, [5, 5, 5])
+        deadline = time.monotonic() + 30
+        while "WAL checkpoint failed" not in caplog.text and time.monotonic() < deadline:
+            time.sleep(0.02)
+        assert "WAL checkpoint failed" in caplog.text and "disk I/O error" in caplog.text
+        store.commit_block(builder.next_block(5))  # the thread lives on, the writer too
+        assert_store_holds(store, builder)
+        assert len(_checkpoint_threads()) >= 1
+    finally:
+        store.close()
+
+
 def test_a_database_of_another_schema_version_is_refused(sql_url: str) -> None:
     SqlStore(sql_url, chain_id=TEST_CHAIN_ID, genesis_hash=TEST_GENESIS_HASH).close()
     _execute(sql_url, "UPDATE coopledger_meta SET value = '99' WHERE name = 'schema_version'")

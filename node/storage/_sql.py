@@ -23,6 +23,8 @@ schema creation is transactional too and a write transaction takes the write loc
 
 from __future__ import annotations
 
+import logging
+import threading
 from collections.abc import Collection, Generator, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from functools import partial
@@ -85,6 +87,8 @@ from node.storage._model import (
     unique_refs,
 )
 
+_log = logging.getLogger("coopledger.storage")
+
 KEYS_PER_QUERY_MAX = 500
 """Keys in one ``IN (...)`` list: far below SQLite's 32,766 bound variables, and a few
 hundred keys per round trip already amortise its cost."""
@@ -101,11 +105,17 @@ when it starts a read after another connection committed, that is after every bl
 large cache would only be filled and thrown away (and fragment the heap): it needs to hold
 the upper B-tree levels that one query walks, a few hundred pages."""
 
-SQLITE_CHECKPOINT_PAGES = 10_000
-"""WAL pages (4 KiB) after which a commit copies the WAL back into the database (default
-1,000). A 2,000-transaction block writes more than 1,000 pages, so the default checkpoints,
-with its own fsync, after every block; 10,000 (40 MiB) checkpoints every few blocks, and
-pages that consecutive blocks share (the tip of every index) are copied once."""
+SQLITE_CHECKPOINT_INTERVAL_S = 2.0
+"""Least time between two copies of the WAL back into the database. They run in a thread of
+their own (:class:`_Checkpointer`), each a ``PASSIVE`` checkpoint on a reading connection,
+once blocks were written since the last: a block's commit no longer does it. A copy made
+inside a commit held up the next height for 0.3-0.7 s every few seconds at 900 tx/s
+(docs/benchmarks.md)."""
+
+SQLITE_CHECKPOINT_PAGES = 50_000
+"""WAL pages (4 KiB) after which the writer's own commit checkpoints (SQLite's default is
+1,000): a backstop that bounds the WAL at about 200 MiB should the background copy fall
+behind or fail, never reached while it keeps up."""
 
 STATE_ROWS_PER_FETCH = 1_000
 """Rows fetched at a time while streaming the state: a few hundred KiB in memory."""
@@ -321,9 +331,12 @@ class SqlStore(TxSummaryReads):
         self._where = self._write_engine.url.render_as_string(hide_password=True)
         self._writes = _Writes(self._write_engine.dialect)
         self._recent = _RecentIds()
+        self._checkpointer: _Checkpointer | None = None
         try:
             with _database_errors(f"cannot open database {self._where}"):
                 self._open(genesis_state or {})
+            if self._engine.dialect.name == "sqlite":
+                self._checkpointer = _Checkpointer(self._engine, self._where)
         except BaseException:
             self.close()
             raise
@@ -437,6 +450,8 @@ class SqlStore(TxSummaryReads):
             raise
         if batch:
             self._recent = _RecentIds()
+        if self._checkpointer is not None:
+            self._checkpointer.written()
 
     # --- reading ---------------------------------------------------------------------------
 
@@ -580,8 +595,72 @@ class SqlStore(TxSummaryReads):
         return int(latest or 0)
 
     def close(self) -> None:
+        if self._checkpointer is not None:
+            self._checkpointer.close()
         self._engine.dispose()
         self._write_engine.dispose()
+
+
+class _Checkpointer:
+    """Copies the SQLite WAL back into the database beside the writer, not inside its commits.
+
+    A thread waits until a block was written, runs ``PRAGMA wal_checkpoint(PASSIVE)`` on a
+    connection of the reading pool, and then rests :data:`SQLITE_CHECKPOINT_INTERVAL_S`. A
+    passive checkpoint takes no lock that a commit or a read waits for: it copies the frames
+    that no reader still needs and fsyncs the database file, while the writer goes on
+    appending to the WAL. When the whole WAL has been copied and no reader is in it, the
+    writer's next transaction starts it again from the beginning, so it stays about as large
+    as the blocks of one interval. Durability does not depend on it: every commit is fsynced
+    in the WAL before it returns, and a crash before a copy replays the WAL when the
+    database is next opened. A failed copy is logged and tried again after the next block;
+    the writer's own backstop (:data:`SQLITE_CHECKPOINT_PAGES`) bounds the WAL meanwhile.
+    """
+
+    def __init__(self, engine: Engine, where: str) -> None:
+        self._engine = engine
+        self._where = where
+        self._written = threading.Event()
+        self._stopping = threading.Event()
+        self.copies = 0
+        """Checkpoints run so far (for tests and diagnostics)."""
+        self._thread = threading.Thread(target=self._run, name="sqlite-checkpoint", daemon=True)
+        self._thread.start()
+
+    def written(self) -> None:
+        """A block was committed: copy the WAL back at the next opportunity."""
+        self._written.set()
+
+    def _run(self) -> None:
+        while True:
+            self._written.wait()
+            if self._stopping.is_set():
+                return
+            self._written.clear()
+            try:
+                self._copy()
+            except Exception as error:  # the backstop bounds the WAL; the next block retries
+                _log.warning("%s: WAL checkpoint failed: %s", self._where, error)
+            if self._stopping.wait(SQLITE_CHECKPOINT_INTERVAL_S):
+                return
+
+    def _copy(self) -> None:
+        connection = self._engine.raw_connection()  # autocommit: outside any transaction
+        try:
+            cursor = connection.cursor()
+            try:
+                cursor.execute("PRAGMA wal_checkpoint(PASSIVE)")
+                cursor.fetchall()
+            finally:
+                cursor.close()
+        finally:
+            connection.close()
+        self.copies += 1
+
+    def close(self) -> None:
+        """Stop the thread, waiting for a copy under way to finish."""
+        self._stopping.set()
+        self._written.set()
+        self._thread.join()
 
 
 MIGRATION_BLOCKS_PER_STEP = 1_000
