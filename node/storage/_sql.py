@@ -610,10 +610,11 @@ class _Checkpointer:
     that no reader still needs and fsyncs the database file, while the writer goes on
     appending to the WAL. When the whole WAL has been copied and no reader is in it, the
     writer's next transaction starts it again from the beginning (over 70 s at 900 tx/s the
-    file grew to 46 MiB in the first 15 s and no further). Durability does not depend on it: every commit is fsynced
-    in the WAL before it returns, and a crash before a copy replays the WAL when the
-    database is next opened. A failed copy is logged and tried again after the next block;
-    the writer's own backstop (:data:`SQLITE_CHECKPOINT_PAGES`) bounds the WAL meanwhile.
+    file grew to 46 MiB in the first 15 s and no further). Durability does not depend on
+    it: every commit is fsynced in the WAL before it returns, and a crash before a copy
+    replays the WAL when the database is next opened. A failed copy is logged and tried
+    again after the next block; the writer's own backstop (:data:`SQLITE_CHECKPOINT_PAGES`)
+    bounds the WAL meanwhile.
     """
 
     def __init__(self, engine: Engine, where: str) -> None:
