@@ -348,36 +348,72 @@ def test_a_text_that_is_no_transaction_id_finds_nothing(open_store: StoreOpener)
 
 
 def _recent_rows(store: SqlStore) -> list[tuple[int, int, int]]:
-    """What the store holds in memory, as ``tx_ids`` rows."""
-    return sorted(store._recent.rows())
+    """The ids the store holds in memory above a moving batch, as ``tx_ids`` rows."""
+    return sorted(store._held.recent.rows())
 
 
-def _ids_above(builder: ChainBuilder, through: int) -> list[tuple[int, int, int]]:
+def _moving(store: SqlStore) -> tuple[int, int, list[tuple[int, int, int]]] | None:
+    """The batch moving into the index: its top height, the parts in, and its ids."""
+    moving = store._held.moving
+    return None if moving is None else (moving.top, moving.done, sorted(moving.ids.rows()))
+
+
+def _ids_above(builder: ChainBuilder, through: int, top: int | None = None) -> list[Any]:
     return sorted(
         (key, height, tx.index)
         for height, block in builder.blocks.items()
-        if height > through
+        if through < height <= (top if top is not None else height)
         for tx in block.txs
         if (key := sql_store.id_key(tx.tx_id)) is not None
     )
+
+
+def _index_rows(url: str) -> list[tuple[int, int, int]]:
+    return sorted(_query(url, "SELECT id_key, height, tx_index FROM tx_ids"))
+
+
+def _id_stamps(url: str) -> dict[str, str]:
+    names = "('tx_ids_through', 'tx_ids_moving')"
+    return dict(_query(url, f"SELECT name, value FROM coopledger_meta WHERE name IN {names}"))
+
+
+def _part(row: tuple[int, int, int], parts: int) -> int:
+    return (row[0] + (1 << 63)) * parts >> 64
 
 
 def test_ids_move_from_memory_to_the_index_in_batches(
     sql_url: str, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     monkeypatch.setattr(sql_store, "ID_BATCH_TXS", 10)
+    monkeypatch.setattr(sql_store, "ID_MOVE_PARTS", 4)
     store = SqlStore(sql_url, chain_id=TEST_CHAIN_ID, genesis_hash=TEST_GENESIS_HASH)
     builder = ChainBuilder()
+    every: set[str] = set()
     try:
         for count in (4, 4):  # 8 in memory
             store.commit_block(builder.next_block(count))
         assert _recent_rows(store) == _ids_above(builder, 0)
-        store.commit_block(builder.next_block(3))  # 11: blocks 1 to 3 go to the index
-        assert _recent_rows(store) == []
-        for count in (5, 0, 2):
-            store.commit_block(builder.next_block(count))
+        assert _moving(store) is None and _index_rows(sql_url) == []
+        store.commit_block(builder.next_block(3))  # 11: blocks 1 to 3 are a full batch
+        batch = _ids_above(builder, 0)
+        assert _recent_rows(store) == [] and _moving(store) == (3, 0, batch)
+        assert _index_rows(sql_url) == [] and _id_stamps(sql_url) == {
+            "tx_ids_through": "0",
+            "tx_ids_moving": "3 0/4",
+        }
+        # Each block adds at least one part, and at least as many ids as it brings.
+        done = 0
+        while _moving(store) is not None:
+            store.commit_block(builder.next_block(1))
+            moving = _moving(store)
+            now = moving[1] if moving is not None else 4
+            assert now > done
+            assert len(_index_rows(sql_url)) - sum(_part(r, 4) < done for r in batch) >= 1
+            assert _index_rows(sql_url) == [row for row in batch if _part(row, 4) < now]
+            assert_store_holds(store, builder)  # found from memory, the index, or both
+            done = now
+        assert _id_stamps(sql_url) == {"tx_ids_through": "3"}
         assert _recent_rows(store) == _ids_above(builder, 3)
-        assert_store_holds(store, builder)  # every id found, from either place
         every = {tx.tx_id for block in builder.blocks.values() for tx in block.txs}
         assert store.committed_unexpired(every, 0) == every
         expected = copy.deepcopy(builder)
@@ -394,9 +430,133 @@ def test_ids_move_from_memory_to_the_index_in_batches(
     reopened = SqlStore(sql_url, chain_id=TEST_CHAIN_ID, genesis_hash=TEST_GENESIS_HASH)
     try:
         assert _recent_rows(reopened) == _ids_above(builder, 3)  # read back from txs
+        assert _moving(reopened) is None
         assert_store_holds(reopened, builder)
     finally:
         reopened.close()
+
+
+def test_a_batch_moving_into_the_index_resumes_where_it_stopped(
+    sql_url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A store stopped halfway through a move (here by a failed commit and a close) opens
+    with the batch in memory and the stamp's parts in the index, and moves the rest: every
+    row goes in exactly once (a second time would break the index's primary key)."""
+    monkeypatch.setattr(sql_store, "ID_BATCH_TXS", 30)
+    monkeypatch.setattr(sql_store, "ID_MOVE_PARTS", 8)
+    store = SqlStore(sql_url, chain_id=TEST_CHAIN_ID, genesis_hash=TEST_GENESIS_HASH)
+    try:
+        builder = build_chain(store, [16, 16, 0, 0])  # a batch of 32, and one part each
+        batch = _ids_above(builder, 0, 2)
+        moving = _moving(store)
+        assert moving is not None and moving[:2] == (2, 2)
+        index = _index_rows(sql_url)
+        assert index == [row for row in batch if _part(row, 8) < 2] and index
+
+        def fail(_conn: Any) -> None:
+            raise OperationalError("COMMIT", None, OSError("disk gone at the commit"))
+
+        event.listen(store._write_engine, "commit", fail)
+        try:
+            with pytest.raises(StorageError, match="disk gone at the commit"):
+                store.commit_block(copy.deepcopy(builder).next_block(3))
+        finally:
+            event.remove(store._write_engine, "commit", fail)
+        assert _moving(store) == moving and _index_rows(sql_url) == index
+        assert _id_stamps(sql_url)["tx_ids_moving"] == "2 2/8"
+    finally:
+        store.close()
+    monkeypatch.setattr(sql_store, "ID_MOVE_PARTS", 2)  # the stamp's 8 parts hold
+    reopened = SqlStore(sql_url, chain_id=TEST_CHAIN_ID, genesis_hash=TEST_GENESIS_HASH)
+    try:
+        assert _moving(reopened) == moving and _recent_rows(reopened) == []
+        assert_store_holds(reopened, builder)
+        while _moving(reopened) is not None:
+            reopened.commit_block(builder.next_block(1))
+        assert _index_rows(sql_url) == batch
+        assert _id_stamps(sql_url) == {"tx_ids_through": "2"}
+        assert_store_holds(reopened, builder)
+    finally:
+        reopened.close()
+
+
+def test_a_batch_still_moving_goes_in_whole_when_the_next_one_fills(
+    sql_url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(sql_store, "ID_BATCH_TXS", 10)
+    monkeypatch.setattr(sql_store, "ID_MOVE_PARTS", 1_000)
+    store = SqlStore(sql_url, chain_id=TEST_CHAIN_ID, genesis_hash=TEST_GENESIS_HASH)
+    try:
+        builder = build_chain(store, [19])  # a batch of 19, of which the next 10 move
+        store.commit_block(builder.next_block(10))  # and fill the next batch
+        assert _index_rows(sql_url) == _ids_above(builder, 0, 1)
+        assert _moving(store) == (2, 0, _ids_above(builder, 1))
+        assert _id_stamps(sql_url) == {"tx_ids_through": "1", "tx_ids_moving": "2 0/1000"}
+        assert_store_holds(store, builder)
+    finally:
+        store.close()
+
+
+def test_readers_find_every_committed_id_while_batches_move(
+    sql_url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Readers look ids up while the writer fills batches and moves them into the index: an
+    id committed before a look-up started is always found, in memory or in the index."""
+    monkeypatch.setattr(sql_store, "ID_BATCH_TXS", 7)
+    monkeypatch.setattr(sql_store, "ID_MOVE_PARTS", 4)
+    store = SqlStore(sql_url, chain_id=TEST_CHAIN_ID, genesis_hash=TEST_GENESIS_HASH)
+    committed: list[str] = []
+    missed: list[set[str]] = []
+    errors: list[Exception] = []
+    stop = threading.Event()
+
+    def read() -> None:
+        try:
+            while not stop.is_set():
+                wanted = set(committed)
+                found = store.committed_unexpired(wanted, 0)
+                if found != wanted:
+                    missed.append(wanted - found)
+        except Exception as error:  # reported by the assertions below
+            errors.append(error)
+
+    threads = [threading.Thread(target=read) for _ in range(2)]
+    builder = ChainBuilder()
+    try:
+        for thread in threads:
+            thread.start()
+        for _ in range(40):
+            block = builder.next_block(3)
+            store.commit_block(block)
+            committed.extend(tx.tx_id for tx in block.txs)
+    finally:
+        stop.set()
+        for thread in threads:
+            thread.join()
+        store.close()
+    assert errors == [] and missed == []
+    through = int(_id_stamps(sql_url)["tx_ids_through"])  # batches did move meanwhile
+    assert through > 0 and set(_ids_above(builder, 0, through)) <= set(_index_rows(sql_url))
+
+
+@pytest.mark.parametrize(
+    ("stamp", "message"),
+    [
+        ("2 1/", "holds no count"),
+        ("x 0/4", "holds no count"),
+        ("2 -1/4", "holds no count"),
+        ("2 4/4", "does not fit"),
+        ("0 0/4", "does not fit"),
+        ("2 0/99999", "does not fit"),
+    ],
+)
+def test_a_corrupt_moving_stamp_is_refused(sql_url: str, stamp: str, message: str) -> None:
+    store = SqlStore(sql_url, chain_id=TEST_CHAIN_ID, genesis_hash=TEST_GENESIS_HASH)
+    build_chain(store, [3, 3])
+    store.close()
+    _execute(sql_url, f"INSERT INTO coopledger_meta VALUES ('tx_ids_moving', '{stamp}')")
+    with pytest.raises(StorageError, match=message):
+        SqlStore(sql_url, chain_id=TEST_CHAIN_ID, genesis_hash=TEST_GENESIS_HASH)
 
 
 def test_a_refused_block_leaves_no_ids_in_memory(
@@ -626,6 +786,15 @@ def _execute(url: str, statement: str) -> None:
         engine.dispose()
 
 
+def _query(url: str, statement: str) -> list[Any]:
+    engine = create_engine(url)
+    try:
+        with engine.connect() as conn:
+            return [tuple(row) for row in conn.exec_driver_sql(statement)]
+    finally:
+        engine.dispose()
+
+
 def test_reopening_finds_the_chain(sql_url: str) -> None:
     store = SqlStore(sql_url, chain_id=TEST_CHAIN_ID, genesis_hash=TEST_GENESIS_HASH)
     builder = build_chain(store, [3, 3])
@@ -783,7 +952,7 @@ def test_a_failing_checkpoint_is_logged_and_the_writer_goes_on(
         assert "WAL checkpoint failed" in caplog.text and "disk I/O error" in caplog.text
         store.commit_block(builder.next_block(5))  # the thread lives on, the writer too
         assert_store_holds(store, builder)
-        assert len(_checkpoint_threads()) >= 1
+        assert store._checkpointer is not None and store._checkpointer._thread.is_alive()
     finally:
         store.close()
 
@@ -818,6 +987,19 @@ def _stamped_version(url: str) -> str:
         engine.dispose()
 
 
+def test_a_schema_2_database_is_stamped_3_on_opening(sql_url: str) -> None:
+    store = SqlStore(sql_url, chain_id=TEST_CHAIN_ID, genesis_hash=TEST_GENESIS_HASH)
+    builder = build_chain(store, [5, 0, 7])
+    store.close()
+    _execute(sql_url, "UPDATE coopledger_meta SET value = '2' WHERE name = 'schema_version'")
+    migrated = SqlStore(sql_url, chain_id=TEST_CHAIN_ID, genesis_hash=TEST_GENESIS_HASH)
+    try:
+        assert _stamped_version(sql_url) == str(SCHEMA_VERSION) == "3"
+        assert_store_holds(migrated, builder)
+    finally:
+        migrated.close()
+
+
 def test_a_schema_1_database_is_migrated_on_opening(sql_url: str) -> None:
     store = SqlStore(sql_url, chain_id=TEST_CHAIN_ID, genesis_hash=TEST_GENESIS_HASH)
     builder = build_chain(store, [5, 0, 7, 3])
@@ -829,7 +1011,7 @@ def test_a_schema_1_database_is_migrated_on_opening(sql_url: str) -> None:
     assert _stamped_version(sql_url) == "1"
     migrated = SqlStore(sql_url, chain_id=TEST_CHAIN_ID, genesis_hash=TEST_GENESIS_HASH)
     try:
-        assert _stamped_version(sql_url) == str(SCHEMA_VERSION) == "2"
+        assert _stamped_version(sql_url) == str(SCHEMA_VERSION) == "3"
         assert_store_holds(migrated, builder)
         every = {tx.tx_id for block in builder.blocks.values() for tx in block.txs}
         assert migrated.committed_unexpired(every, 0) == every

@@ -22,9 +22,10 @@ from node.limits import PAGE_SIZE_MAX
 from node.merkle import MerkleTree, tx_leaf
 from node.records import AssetEvent, BlockRecord, StateKey, StateValue, TxRecord, TxSummary
 
-SCHEMA_VERSION = 2
-"""Version of the database layout. A store refuses a database stamped with another one
-(:class:`~node.errors.SchemaVersionError`); bump it with every change to the tables."""
+SCHEMA_VERSION = 3
+"""Version of the database layout. A store migrates a database of an older one it knows (1
+and 2, when opened) and refuses any other (:class:`~node.errors.SchemaVersionError`); bump it
+with every change to the tables or to what the stamps in them mean."""
 
 FIRST_HEIGHT = 1
 """Height of the first block; its ``prev_hash`` is the genesis hash (``Genesis.hash``)."""

@@ -3,7 +3,8 @@
 Tables (docs/architecture.md, "Storage", says why each index exists)::
 
     coopledger_meta  name PK, value             schema_version, chain_id, genesis_hash,
-                                                tx_ids_through
+                                                tx_ids_through, tx_ids_moving (while a batch
+                                                moves into tx_ids)
     blocks           height PK, block_hash UNIQUE, header_json, commit_json
     txs              (height, tx_index) PK, tx_id, sender, type, code, expires_at_ms,
                      envelope_json, events_json, refs_json
@@ -28,7 +29,7 @@ import threading
 from collections.abc import Collection, Generator, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from functools import partial
-from typing import Any
+from typing import Any, NamedTuple
 
 import psycopg
 from sqlalchemy import (
@@ -228,13 +229,24 @@ def id_key(tx_id: str) -> int | None:
 
 
 ID_BATCH_TXS = 50_000
-"""Transactions a store finds by id from memory before it adds them to ``tx_ids``, sorted by
-key, in one batch (inside the commit of the block that fills it). A block's ids are random
-keys: added block by block they dirtied about one page of the index each, wherever they
-fell, which a commit writes to the WAL and a checkpoint copies again; a sorted batch of
-50,000 dirties each page of the index about once for all of them. The memory this costs:
-5.7 MiB at 50,000, and 6.1 MiB more for the sorted rows while a batch is written
-(docs/benchmarks.md)."""
+"""Transactions a store finds by id from memory before it adds them to ``tx_ids`` as one
+batch, sorted by key. A block's ids are random keys: added block by block they dirtied about
+one page of the index each, wherever they fell, which a commit writes to the WAL and a
+checkpoint copies again; a sorted batch of 50,000 dirties each page of the index about once
+for all of them. The memory this costs: 5.7 MiB at 50,000, and 6.1 MiB more for the sorted
+rows while a batch moves (docs/benchmarks.md)."""
+
+ID_MOVE_PARTS = 32
+"""The key ranges (parts, of equal width) in which a batch moves into ``tx_ids``: the commit
+of each block after the batch filled adds at least one part, and at least as many rows as
+the block adds to memory, so that the batch is in before the next one fills. A part dirties
+its own pages of the index, each about once, so the batch costs the index what one insert
+of it did, spread over blocks: a single insert of 50,000 made one commit in a minute take
+0.2 to 0.4 s longer in one process and up to 1.3 s in a loaded network (docs/benchmarks.md).
+"""
+
+ID_MOVE_PARTS_MAX = 1 << 16
+"""The most parts a ``tx_ids_moving`` stamp may name; more say the database is corrupt."""
 
 _INDEX_BITS = 16
 invariant(BLOCK_TXS_MAX < 1 << _INDEX_BITS, "a position packs the index into 16 bits")
@@ -296,6 +308,65 @@ def _as_tuple(held: int | tuple[int, ...]) -> tuple[int, ...]:
     return (held,) if isinstance(held, int) else held
 
 
+class _Moving:
+    """A full batch: the ids of blocks ``(tx_ids_through, top]``, on their way into
+    ``tx_ids`` one part (key range) at a time. All of them stay in memory (``ids``) until the
+    last part is in, so a reader finds each in memory, and some also in the index.
+
+    ``done`` parts of ``parts`` are in the index; the ``tx_ids_moving`` stamp (``top
+    done/parts``) says so in the database, and is what a store opened again resumes from.
+    Only the writer changes ``done``, after the commit that added the parts.
+    """
+
+    __slots__ = ("_rows", "done", "ids", "parts", "top")
+
+    def __init__(self, ids: _RecentIds, top: int, *, done: int = 0, parts: int) -> None:
+        self.ids = ids
+        self.top = top
+        self.done = done
+        self.parts = parts
+        self._rows: list[list[tuple[int, int, int]]] = [[] for _ in range(parts)]
+        for row in ids.rows():
+            self._rows[(row[0] + _ID_KEY_SIGN) * parts >> 64].append(row)
+
+    def upto(self, added: int, *, all_parts: bool) -> int:
+        """The parts in the index after a block that adds ``added`` ids to memory: at least
+        one more, and at least ``added`` rows more, or every part if ``all_parts``."""
+        end, rows = self.done, 0
+        while end < self.parts and (all_parts or end == self.done or rows < added):
+            rows += len(self._rows[end])
+            end += 1
+        return end
+
+    def rows(self, upto: int) -> list[tuple[int, int, int]]:
+        """The ``tx_ids`` rows of the parts from ``done`` to ``upto``, sorted by key."""
+        return sorted(row for part in self._rows[self.done : upto] for row in part)
+
+    def advance(self, upto: int) -> None:
+        """Record that the parts up to ``upto`` are in the index (after that commit)."""
+        for part in range(self.done, upto):
+            self._rows[part] = []
+        self.done = upto
+
+    def stamp(self, done: int) -> str:
+        return f"{self.top} {done}/{self.parts}"
+
+
+class _HeldIds(NamedTuple):
+    """The ids a store finds from memory: those of the blocks above a batch, and the batch
+    moving into the index, if any. The writer replaces the pair only after a commit, so a
+    reader takes it, once, before it opens its connection (see :class:`_RecentIds`)."""
+
+    recent: _RecentIds
+    moving: _Moving | None
+
+    def find(self, keys: Collection[int]) -> list[tuple[int, int]]:
+        found = self.recent.find(keys)
+        if self.moving is not None:
+            found.extend(self.moving.ids.find(keys))
+        return found
+
+
 class SqlStore(TxSummaryReads):
     """A :class:`~node.storage.BlockStore` in SQLite (``sqlite:///path``) or PostgreSQL
     (``postgresql+psycopg://user@host/db``; ``?options=-csearch_path%3Dschema`` selects a
@@ -330,7 +401,7 @@ class SqlStore(TxSummaryReads):
             raise
         self._where = self._write_engine.url.render_as_string(hide_password=True)
         self._writes = _Writes(self._write_engine.dialect)
-        self._recent = _RecentIds()
+        self._held = _HeldIds(_RecentIds(), None)
         self._checkpointer: _Checkpointer | None = None
         try:
             with _database_errors(f"cannot open database {self._where}"):
@@ -368,7 +439,7 @@ class SqlStore(TxSummaryReads):
                     )
                 self._create(conn, genesis_state)
             self._check_stamp(conn)
-            self._recent = _load_recent(conn)
+            self._held = _load_held(conn)
 
     def _create(self, conn: Connection, genesis_state: Mapping[StateKey, StateValue]) -> None:
         metadata.create_all(conn)
@@ -400,6 +471,9 @@ class SqlStore(TxSummaryReads):
         if version == "1":
             _migrate_from_1(conn)
             version = str(SCHEMA_VERSION)
+        if version == "2":
+            _stamp_version(conn)
+            version = str(SCHEMA_VERSION)
         if version != str(SCHEMA_VERSION):
             raise SchemaVersionError(
                 f"{self._where} has storage schema version {version}, this coopledger uses "
@@ -413,8 +487,7 @@ class SqlStore(TxSummaryReads):
         check_record(record, self._chain_id)
         rows = _BlockRows(record)  # encode before taking the write lock
         height = record.height
-        recent = self._recent
-        batch = False
+        held = self._held
         added: list[tuple[int, int, int]] = []
         try:
             with (
@@ -422,8 +495,9 @@ class SqlStore(TxSummaryReads):
                 self._write_engine.connect() as conn,
                 conn.begin(),
             ):
-                recent = self._recent  # under the write lock: what the last commit left
-                batch = recent.count + len(rows.ids) >= ID_BATCH_TXS
+                held = self._held  # under the write lock: what the last commit left
+                recent, moving = held
+                full = recent.count + len(rows.ids) >= ID_BATCH_TXS
                 tip = conn.execute(
                     select(blocks_table.c.height, blocks_table.c.block_hash)
                     .order_by(blocks_table.c.height.desc())
@@ -434,22 +508,38 @@ class SqlStore(TxSummaryReads):
                 else:
                     check_successor(tip.height, tip.block_hash, record)
                 tx_ids = [tx.tx_id for tx in record.txs]
-                _refuse_stored_txs(conn, recent, height, tx_ids, [key for key, _, _ in rows.ids])
+                _refuse_stored_txs(conn, held, height, tx_ids, [key for key, _, _ in rows.ids])
                 self._writes.write(conn, rows)
-                if batch:
-                    self._writes.add_ids(conn, height, [*recent.rows(), *rows.ids])
-                else:
-                    # Before the commit, so that a reader never misses a committed
-                    # transaction; taken back if the commit fails.
-                    for entry in rows.ids:
-                        recent.add(*entry)
-                        added.append(entry)
+                upto = 0
+                if moving is not None:
+                    # A full batch still moving goes in whole, before the next one starts.
+                    upto = moving.upto(len(rows.ids), all_parts=full)
+                    self._writes.add_ids(conn, moving.rows(upto))
+                    if upto == moving.parts:
+                        self._writes.stamp(conn, "tx_ids_through", str(moving.top))
+                if full:
+                    self._writes.stamp(conn, "tx_ids_moving", f"{height} 0/{ID_MOVE_PARTS}")
+                elif moving is not None:
+                    stamp = moving.stamp(upto) if upto < moving.parts else None
+                    self._writes.stamp(conn, "tx_ids_moving", stamp)
+                # Before the commit, so that a reader never misses a committed
+                # transaction; taken back if the commit fails.
+                for entry in rows.ids:
+                    recent.add(*entry)
+                    added.append(entry)
         except BaseException:
             for entry in added:
-                recent.remove(*entry)
+                held.recent.remove(*entry)
             raise
-        if batch:
-            self._recent = _RecentIds()
+        if moving is not None:
+            moving.advance(upto)
+            if upto == moving.parts:
+                moving = None
+        if full:
+            moving = _Moving(recent, height, parts=ID_MOVE_PARTS)
+            recent = _RecentIds()
+        if (recent, moving) != held:
+            self._held = _HeldIds(recent, moving)
         if self._checkpointer is not None:
             self._checkpointer.written()
 
@@ -495,9 +585,9 @@ class SqlStore(TxSummaryReads):
         return header, list(rows)
 
     def tx(self, tx_id: str) -> CommittedTx | None:
-        recent = self._recent  # before the connection: see _RecentIds
+        held = self._held  # before the connection: see _RecentIds
         with _database_errors(f"reading transaction {tx_id}"), self._engine.connect() as conn:
-            for condition in _by_id(recent, _id_keys((tx_id,))):
+            for condition in _by_id(held, _id_keys((tx_id,))):
                 query = _committed_tx_query().where(condition, txs_table.c.tx_id == tx_id)
                 row = conn.execute(query).first()
                 if row is not None:
@@ -582,11 +672,11 @@ class SqlStore(TxSummaryReads):
         return [_committed_tx_from_row(row) for row in rows]
 
     def committed_unexpired(self, tx_ids: Collection[str], now_ms: int) -> set[str]:
-        recent = self._recent  # before the connection: see _RecentIds
+        held = self._held  # before the connection: see _RecentIds
         with _database_errors("reading the deduplication index"), self._engine.connect() as conn:
             wanted = set(tx_ids)
             expiry = txs_table.c.expires_at_ms > now_ms
-            return _stored_tx_ids(conn, recent, wanted, _id_keys(wanted), expiry)
+            return _stored_tx_ids(conn, held, wanted, _id_keys(wanted), expiry)
 
     def latest_expiry_ms(self) -> int:
         query = select(func.max(txs_table.c.expires_at_ms))  # the txs_expiry index's last entry
@@ -669,7 +759,7 @@ MIGRATION_BLOCKS_PER_STEP = 1_000
 
 
 def _migrate_from_1(conn: Connection) -> None:
-    """Schema 1 to 2, inside the opening transaction: the ``tx_ids`` index, filled with every
+    """Schema 1 to 3, inside the opening transaction: the ``tx_ids`` index, filled with every
     stored transaction, and its ``tx_ids_through`` stamp. What schema 1 had instead (a
     unique index on ``tx_id``, and the asset events' foreign key to it) stays: it still
     holds, and only costs the writes of such a database what it cost before."""
@@ -690,6 +780,14 @@ def _migrate_from_1(conn: Connection) -> None:
                 [{"id_key": k, "height": h, "tx_index": i} for k, h, i in sorted(ids)],
             )
     conn.execute(meta_table.insert(), [{"name": "tx_ids_through", "value": str(top)}])
+    _stamp_version(conn)
+
+
+def _stamp_version(conn: Connection) -> None:
+    """Stamp :data:`SCHEMA_VERSION` on a database migrated to it. From schema 2 that is the
+    whole migration: schema 3 only adds the ``tx_ids_moving`` stamp, which a store of schema 2
+    would not read (it would add a moving batch to ``tx_ids`` again, and fail on its primary
+    key), so a database that may hold one is stamped for stores that read it."""
     conn.execute(
         meta_table.update()
         .where(meta_table.c.name == "schema_version")
@@ -701,12 +799,12 @@ def _id_keys(tx_ids: Collection[str]) -> list[int]:
     return [key for key in map(id_key, tx_ids) if key is not None]
 
 
-def _by_id(recent: _RecentIds, id_keys: Collection[int]) -> Iterator[Any]:
+def _by_id(held: _HeldIds, id_keys: Collection[int]) -> Iterator[Any]:
     """Conditions on ``txs`` that select the stored transactions with these ``id_keys``
-    (each condition alone: the ``tx_ids`` index is a subquery): those held in ``recent`` by
+    (each condition alone: the ``tx_ids`` index is a subquery): those held in memory by
     position, the rest through the index. The caller compares the ids read."""
     keys = sorted(set(id_keys))
-    positions = recent.find(keys)
+    positions = held.find(keys)
     position = tuple_(txs_table.c.height, txs_table.c.tx_index)
     for start in range(0, len(positions), KEYS_PER_QUERY_MAX):
         yield position.in_(positions[start : start + KEYS_PER_QUERY_MAX])
@@ -719,47 +817,76 @@ def _by_id(recent: _RecentIds, id_keys: Collection[int]) -> Iterator[Any]:
 
 
 def _stored_tx_ids(
-    conn: Connection, recent: _RecentIds, tx_ids: set[str], keys: Collection[int], *where: Any
+    conn: Connection, held: _HeldIds, tx_ids: set[str], keys: Collection[int], *where: Any
 ) -> set[str]:
     """Those of ``tx_ids`` (whose id keys are ``keys``) that are stored and match ``where``."""
     found: set[str] = set()
-    for condition in _by_id(recent, keys):
+    for condition in _by_id(held, keys):
         query = select(txs_table.c.tx_id).where(condition, *where)
         found.update(tx_id for (tx_id,) in conn.execute(query) if tx_id in tx_ids)
     return found
 
 
 def _refuse_stored_txs(
-    conn: Connection, recent: _RecentIds, height: int, tx_ids: list[str], keys: list[int]
+    conn: Connection, held: _HeldIds, height: int, tx_ids: list[str], keys: list[int]
 ) -> None:
     """Refuse block ``height`` if it repeats a transaction, its own or one stored before: what
     a unique index on ``tx_id`` would refuse, without its cost (docs/architecture.md)."""
     repeated = repeated_tx(tx_ids)
     if repeated is not None:
         raise StorageError(f"block {height} not written: {repeated}")
-    stored = _stored_tx_ids(conn, recent, set(tx_ids), keys)
+    stored = _stored_tx_ids(conn, held, set(tx_ids), keys)
     if stored:
         raise StorageError(
             f"block {height} not written: transaction {min(stored)} is already stored"
         )
 
 
-def _load_recent(conn: Connection) -> _RecentIds:
-    """The transactions above the ``tx_ids_through`` stamp, read in chain order."""
-    through = conn.execute(
-        select(meta_table.c.value).where(meta_table.c.name == "tx_ids_through")
-    ).scalar()
-    recent = _RecentIds()
+def _load_held(conn: Connection) -> _HeldIds:
+    """The ids held in memory: the transactions above the ``tx_ids_through`` stamp, read in
+    chain order, and among them the batch that the ``tx_ids_moving`` stamp says was moving
+    into ``tx_ids``, which moves on from the part it reached."""
+    stamps = dict(
+        conn.execute(
+            select(meta_table.c.name, meta_table.c.value).where(
+                meta_table.c.name.in_(("tx_ids_through", "tx_ids_moving"))
+            )
+        ).all()
+    )
+    through = _stamp_int(stamps.get("tx_ids_through") or "0", "tx_ids_through")
+    moving_stamp = stamps.get("tx_ids_moving")
+    top = done = parts = 0
+    if moving_stamp is not None:
+        top_text, _, progress = moving_stamp.partition(" ")
+        done_text, _, parts_text = progress.partition("/")
+        top, done, parts = (
+            _stamp_int(text, f"tx_ids_moving {moving_stamp!r}")
+            for text in (top_text, done_text, parts_text)
+        )
+        if not (top > through and 0 <= done < parts <= ID_MOVE_PARTS_MAX):
+            raise StorageError(
+                f"tx_ids_moving {moving_stamp!r} does not fit tx_ids_through {through}: "
+                "the database is corrupt"
+            )
+    recent, batch = _RecentIds(), _RecentIds()
     query = (
         select(txs_table.c.tx_id, txs_table.c.height, txs_table.c.tx_index)
-        .where(txs_table.c.height > int(through or 0))
+        .where(txs_table.c.height > through)
         .order_by(txs_table.c.height, txs_table.c.tx_index)
     )
     for tx_id, height, index in conn.execute(query):
         key = id_key(tx_id)
         if key is not None:  # else the row is corrupt, and reading it will say so
-            recent.add(key, height, index)
-    return recent
+            (batch if height <= top else recent).add(key, height, index)
+    if moving_stamp is None:
+        return _HeldIds(recent, None)
+    return _HeldIds(recent, _Moving(batch, top, done=done, parts=parts))
+
+
+def _stamp_int(text: str, name: str) -> int:
+    if not text.isdigit() or len(text) > 18:
+        raise StorageError(f"the stamp {name} holds no count: the database is corrupt")
+    return int(text)
 
 
 _Parameters = list[tuple[Any, ...]]
@@ -806,25 +933,27 @@ class _Writes:
 
     def __init__(self, dialect: Dialect) -> None:
         self._copy = dialect.name == "postgresql"
-        upsert = (postgresql.insert if self._copy else sqlite.insert)(state_table)
-        upsert = upsert.on_conflict_do_update(
-            index_elements=[state_table.c.key], set_={"value_json": upsert.excluded.value_json}
-        )
         delete = state_table.delete().where(state_table.c.key == bindparam("state_key"))
         self._insert_block = self._insert_sql(dialect, blocks_table)
         self._insert_txs = self._insert_sql(dialect, txs_table)
         self._insert_refs = self._insert_sql(dialect, tx_refs_table)
-        self._upsert_state = _positional(upsert, dialect, ("key", "value_json"))
+        self._upsert_state = self._upsert_sql(dialect, state_table, "key", "value_json")
         self._delete_state = _positional(delete, dialect, ("state_key",))
         self._insert_events = self._insert_sql(dialect, asset_events_table)
         self._insert_ids = self._insert_sql(dialect, tx_ids_table)
-        self._stamp_ids = _positional(
-            meta_table.update()
-            .where(meta_table.c.name == bindparam("meta_name"))
-            .values(value=bindparam("through")),
+        self._upsert_meta = self._upsert_sql(dialect, meta_table, "name", "value")
+        self._delete_meta = _positional(
+            meta_table.delete().where(meta_table.c.name == bindparam("meta_name")),
             dialect,
-            ("through", "meta_name"),
+            ("meta_name",),
         )
+
+    def _upsert_sql(self, dialect: Dialect, table: Table, key: str, value: str) -> str:
+        upsert = (postgresql.insert if self._copy else sqlite.insert)(table)
+        upsert = upsert.on_conflict_do_update(
+            index_elements=[table.c[key]], set_={value: upsert.excluded[value]}
+        )
+        return _positional(upsert, dialect, (key, value))
 
     def _insert_sql(self, dialect: Dialect, table: Table) -> str:
         columns = [column.name for column in table.columns]
@@ -845,12 +974,16 @@ class _Writes:
             conn.exec_driver_sql(self._delete_state, rows.state_deletes)
         self._insert(conn, self._insert_events, rows.events)
 
-    def add_ids(self, conn: Connection, through: int, ids: list[tuple[int, int, int]]) -> None:
-        """Add ``ids`` (``tx_ids`` rows) to the index, sorted by key, and stamp that it now
-        holds every transaction up to height ``through``."""
-        ids.sort()
+    def add_ids(self, conn: Connection, ids: list[tuple[int, int, int]]) -> None:
+        """Add ``ids`` (``tx_ids`` rows, sorted by key) to the index."""
         self._insert(conn, self._insert_ids, ids)
-        conn.exec_driver_sql(self._stamp_ids, (str(through), "tx_ids_through"))
+
+    def stamp(self, conn: Connection, name: str, value: str | None) -> None:
+        """Set the ``coopledger_meta`` entry ``name`` to ``value``, or remove it (``None``)."""
+        if value is None:
+            conn.exec_driver_sql(self._delete_meta, (name,))
+        else:
+            conn.exec_driver_sql(self._upsert_meta, (name, value))
 
     def _insert(self, conn: Connection, sql: str, parameters: _Parameters) -> None:
         if not parameters:
