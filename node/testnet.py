@@ -236,8 +236,17 @@ def pid_alive(pid: int) -> bool:
         return True
 
 
+_CODE_ROOT = str(Path(__file__).resolve().parent.parent)
+"""The directory that holds this ``node`` package (and its sibling packages)."""
+
+
 def start_node(directory: Path, name: str) -> int:
     """Launch one validator process in its own session (it outlives this command); its pid.
+
+    The node runs the code of the command that starts it: ``-P`` keeps the working directory
+    off the front of its module path, where ``python -m`` puts it, and this package's root
+    goes first on ``PYTHONPATH``. Otherwise a command started in another checkout (a
+    benchmark of an older commit, say) ran its nodes on the working directory's code.
 
     ``posix_spawn`` rather than ``subprocess.Popen``: the node is not this process's to wait
     for, and a ``Popen`` object dropped while its child runs is a resource leak warning.
@@ -246,10 +255,11 @@ def start_node(directory: Path, name: str) -> int:
     if not config.exists():
         raise TestnetError(f"no node {name!r} in {directory}")
     log = str(directory / name / "node.log")
+    path = [_CODE_ROOT, *filter(None, [os.environ.get("PYTHONPATH")])]
     return os.posix_spawn(
         sys.executable,
-        [sys.executable, "-m", "node", "node", "run", "--config", str(config)],
-        os.environ,
+        [sys.executable, "-P", "-m", "node", "node", "run", "--config", str(config)],
+        {**os.environ, "PYTHONPATH": os.pathsep.join(path)},
         file_actions=[
             (os.POSIX_SPAWN_OPEN, 0, os.devnull, os.O_RDONLY, 0),
             (os.POSIX_SPAWN_OPEN, 1, log, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o644),

@@ -25,6 +25,7 @@ from sqlalchemy import create_engine, text
 from tests_support import free_base_port
 
 from node.keys import read_key_file
+from node.testnet import start_node
 from node.tx import sign_transaction
 
 pytestmark = pytest.mark.slow
@@ -338,3 +339,23 @@ def test_up_names_a_validator_that_cannot_start_instead_of_waiting_out_the_timeo
     assert "validator-1 exited" in message, message
     assert "address already in use" in message, message
     assert "testnet down --dir" in message, message
+
+
+def test_a_node_runs_the_code_of_the_command_that_started_it(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Started from a directory that holds another ``node`` package (another checkout), a
+    validator still runs this one: ``python -m`` alone would import the working directory's."""
+    elsewhere = tmp_path / "elsewhere"
+    (elsewhere / "node").mkdir(parents=True)
+    ran = tmp_path / "the other package ran"
+    (elsewhere / "node" / "__init__.py").write_text("")
+    (elsewhere / "node" / "__main__.py").write_text(f"open({str(ran)!r}, 'w').close()\n")
+    (tmp_path / "net" / "validator-0").mkdir(parents=True)
+    (tmp_path / "net" / "validator-0" / "config.json").write_text("{}")
+    monkeypatch.chdir(elsewhere)
+    pid = start_node(Path("../net"), "validator-0")
+    _, status = os.waitpid(pid, 0)
+    log = (tmp_path / "net" / "validator-0" / "node.log").read_text()
+    assert not ran.exists()
+    assert os.waitstatus_to_exitcode(status) != 0 and "validator_id: missing" in log, log
