@@ -234,17 +234,18 @@ ID_BATCH_TXS = 50_000
 batch, sorted by key. A block's ids are random keys: added block by block they dirtied about
 one page of the index each, wherever they fell, which a commit writes to the WAL and a
 checkpoint copies again; a sorted batch of 50,000 dirties each page of the index about once
-for all of them. The memory this costs: 5.7 MiB at 50,000, and 6.1 MiB more for the sorted
-rows while a batch moves (docs/benchmarks.md)."""
+for all of them. The memory this costs: 5.7 MiB at 50,000 (docs/benchmarks.md), and, while
+a batch moves (over 32 blocks at most), its sorted keys (0.4 MiB) and the ids of the blocks
+after it."""
 
 ID_MOVE_PARTS = 32
 """The key ranges (parts, of equal width) in which a batch moves into ``tx_ids``: the commit
-of each block after the batch filled adds at least one part, and at least as many rows as
-the block adds to memory, so that the batch is in before the next one fills. A part dirties
-its own pages of the index, each about once, so the batch costs the index what one insert
-of it did, spread over blocks: a single insert of 50,000 made one commit in a minute take
-0.2 to 0.4 s longer in one process and up to 1.3 s in a loaded network (docs/benchmarks.md).
-"""
+of each block after the batch filled adds at least one part, and the ids of at least as
+many keys as the block adds to memory, so that the batch is in before the next one fills. A
+part dirties its own pages of the index, each about once, so the batch costs the index what
+one insert of it did, spread over blocks: at 900 tx/s the commit of the block that filled a
+batch took 1.0 to 1.4 s with a single insert, and at most 94 ms with parts
+(docs/benchmarks.md)."""
 
 ID_MOVE_PARTS_MAX = 1 << 16
 """The most parts a ``tx_ids_moving`` stamp may name; more say the database is corrupt."""
