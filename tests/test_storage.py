@@ -381,12 +381,34 @@ def _part(row: tuple[int, int, int], parts: int) -> int:
     return (row[0] + (1 << 63)) * parts >> 64
 
 
+def _open_batched(
+    url: str, monkeypatch: pytest.MonkeyPatch, batch: int, parts: int = sql_store.ID_MOVE_PARTS
+) -> SqlStore:
+    """A store whose id batches fill at ``batch`` transactions and move in ``parts``."""
+    monkeypatch.setattr(sql_store, "ID_BATCH_TXS", batch)
+    monkeypatch.setattr(sql_store, "ID_MOVE_PARTS", parts)
+    return SqlStore(url, chain_id=TEST_CHAIN_ID, genesis_hash=TEST_GENESIS_HASH)
+
+
+def _commit_fails(store: SqlStore, record: BlockRecord) -> None:
+    """Commit ``record`` with the database failing at the commit itself, after every
+    statement ran (and the ids were taken in memory)."""
+
+    def fail(_conn: Any) -> None:
+        raise OperationalError("COMMIT", None, OSError("disk gone at the commit"))
+
+    event.listen(store._write_engine, "commit", fail)
+    try:
+        with pytest.raises(StorageError, match="disk gone at the commit"):
+            store.commit_block(record)
+    finally:
+        event.remove(store._write_engine, "commit", fail)
+
+
 def test_ids_move_from_memory_to_the_index_in_batches(
     sql_url: str, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    monkeypatch.setattr(sql_store, "ID_BATCH_TXS", 10)
-    monkeypatch.setattr(sql_store, "ID_MOVE_PARTS", 4)
-    store = SqlStore(sql_url, chain_id=TEST_CHAIN_ID, genesis_hash=TEST_GENESIS_HASH)
+    store = _open_batched(sql_url, monkeypatch, 10, 4)
     builder = ChainBuilder()
     every: set[str] = set()
     try:
@@ -442,9 +464,7 @@ def test_a_batch_moving_into_the_index_resumes_where_it_stopped(
     """A store stopped halfway through a move (here by a failed commit and a close) opens
     with the batch in memory and the stamp's parts in the index, and moves the rest: every
     row goes in exactly once (a second time would break the index's primary key)."""
-    monkeypatch.setattr(sql_store, "ID_BATCH_TXS", 30)
-    monkeypatch.setattr(sql_store, "ID_MOVE_PARTS", 8)
-    store = SqlStore(sql_url, chain_id=TEST_CHAIN_ID, genesis_hash=TEST_GENESIS_HASH)
+    store = _open_batched(sql_url, monkeypatch, 30, 8)
     try:
         builder = build_chain(store, [16, 16, 0, 0])  # a batch of 32, and one part each
         batch = _ids_above(builder, 0, 2)
@@ -452,16 +472,7 @@ def test_a_batch_moving_into_the_index_resumes_where_it_stopped(
         assert moving is not None and moving[:2] == (2, 2)
         index = _index_rows(sql_url)
         assert index == [row for row in batch if _part(row, 8) < 2] and index
-
-        def fail(_conn: Any) -> None:
-            raise OperationalError("COMMIT", None, OSError("disk gone at the commit"))
-
-        event.listen(store._write_engine, "commit", fail)
-        try:
-            with pytest.raises(StorageError, match="disk gone at the commit"):
-                store.commit_block(copy.deepcopy(builder).next_block(3))
-        finally:
-            event.remove(store._write_engine, "commit", fail)
+        _commit_fails(store, copy.deepcopy(builder).next_block(3))
         assert _moving(store) == moving and _index_rows(sql_url) == index
         assert _id_stamps(sql_url)["tx_ids_moving"] == "2 2/8"
     finally:
@@ -483,9 +494,7 @@ def test_a_batch_moving_into_the_index_resumes_where_it_stopped(
 def test_a_batch_still_moving_goes_in_whole_when_the_next_one_fills(
     sql_url: str, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    monkeypatch.setattr(sql_store, "ID_BATCH_TXS", 10)
-    monkeypatch.setattr(sql_store, "ID_MOVE_PARTS", 1_000)
-    store = SqlStore(sql_url, chain_id=TEST_CHAIN_ID, genesis_hash=TEST_GENESIS_HASH)
+    store = _open_batched(sql_url, monkeypatch, 10, 1_000)
     try:
         builder = build_chain(store, [19])  # a batch of 19, of which the next 10 move
         store.commit_block(builder.next_block(10))  # and fill the next batch
@@ -502,9 +511,7 @@ def test_readers_find_every_committed_id_while_batches_move(
 ) -> None:
     """Readers look ids up while the writer fills batches and moves them into the index: an
     id committed before a look-up started is always found, in memory or in the index."""
-    monkeypatch.setattr(sql_store, "ID_BATCH_TXS", 7)
-    monkeypatch.setattr(sql_store, "ID_MOVE_PARTS", 4)
-    store = SqlStore(sql_url, chain_id=TEST_CHAIN_ID, genesis_hash=TEST_GENESIS_HASH)
+    store = _open_batched(sql_url, monkeypatch, 7, 4)
     committed: list[str] = []
     missed: list[set[str]] = []
     errors: list[Exception] = []
@@ -562,23 +569,12 @@ def test_a_corrupt_moving_stamp_is_refused(sql_url: str, stamp: str, message: st
 def test_a_refused_block_leaves_no_ids_in_memory(
     sql_url: str, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    monkeypatch.setattr(sql_store, "ID_BATCH_TXS", 1_000)
-    store = SqlStore(sql_url, chain_id=TEST_CHAIN_ID, genesis_hash=TEST_GENESIS_HASH)
+    store = _open_batched(sql_url, monkeypatch, 1_000)
     try:
         builder = build_chain(store, [4, 4])
         before = _ids_above(builder, 0)
         good = builder.next_block(4)
-
-        def fail(_conn: Any) -> None:
-            raise OperationalError("COMMIT", None, OSError("disk gone at the commit"))
-
-        # The commit fails after every statement ran and the ids were taken in memory.
-        event.listen(store._write_engine, "commit", fail)
-        try:
-            with pytest.raises(StorageError, match="disk gone at the commit"):
-                store.commit_block(good)
-        finally:
-            event.remove(store._write_engine, "commit", fail)
+        _commit_fails(store, good)
         assert _recent_rows(store) == before and len(before) == 8
         assert store.tip() is not None and store.tip().height == 2  # type: ignore[union-attr]
         store.commit_block(good)
