@@ -323,8 +323,8 @@ class _Moving:
 
     The batch's keys are sorted once, into one list of integers, and a part's rows are made
     when it moves: the node collects garbage when 250,000 containers were allocated
-    (node/cli_node.py), and a young collection of a busy validator took 260 to 350 ms. Making
-    the 50,000 rows of a batch at once, as tuples, set one off at every batch.
+    (node/cli_node.py), and making a batch's 50,000 rows at once, as tuples, set off a young
+    collection at every batch, which took a validator at 900 tx/s 310 to 470 ms.
     """
 
     __slots__ = ("_keys", "done", "ids", "parts", "top")
