@@ -349,13 +349,16 @@ def test_a_text_that_is_no_transaction_id_finds_nothing(open_store: StoreOpener)
 
 def _recent_rows(store: SqlStore) -> list[tuple[int, int, int]]:
     """The ids the store holds in memory above a moving batch, as ``tx_ids`` rows."""
-    return sorted(store._held.recent.rows())
+    recent = store._held.recent
+    return sorted(recent.rows(recent.positions))
 
 
 def _moving(store: SqlStore) -> tuple[int, int, list[tuple[int, int, int]]] | None:
     """The batch moving into the index: its top height, the parts in, and its ids."""
     moving = store._held.moving
-    return None if moving is None else (moving.top, moving.done, sorted(moving.ids.rows()))
+    if moving is None:
+        return None
+    return moving.top, moving.done, sorted(moving.ids.rows(moving.ids.positions))
 
 
 def _ids_above(builder: ChainBuilder, through: int, top: int | None = None) -> list[Any]:

@@ -296,14 +296,14 @@ class _RecentIds:
                 found.extend((packed >> _INDEX_BITS, packed & mask) for packed in _as_tuple(held))
         return found
 
-    def rows(self, keys: Iterable[int] | None = None) -> list[tuple[int, int, int]]:
-        """The entries under ``keys`` (held ones; every one if ``None``) as ``tx_ids`` rows
-        ``(id_key, height, tx_index)``, in the order of ``keys``, a key's in chain order."""
+    def rows(self, keys: Iterable[int]) -> list[tuple[int, int, int]]:
+        """The entries under ``keys`` (held ones) as ``tx_ids`` rows ``(id_key, height,
+        tx_index)``, in the order of ``keys``, a key's in chain order."""
         mask = (1 << _INDEX_BITS) - 1
         positions = self.positions
         return [
             (key, packed >> _INDEX_BITS, packed & mask)
-            for key in (positions if keys is None else keys)
+            for key in keys
             for packed in _as_tuple(positions[key])
         ]
 
@@ -358,8 +358,32 @@ class _Moving:
         """The ``tx_ids`` rows of the parts from ``done`` to ``upto``, sorted."""
         return self.ids.rows(self._keys[self._start(self.done) : self._start(upto)])
 
-    def stamp(self, done: int) -> str:
-        return f"{self.top} {done}/{self.parts}"
+
+def _moving_stamp(top: int, done: int, parts: int) -> str:
+    """The ``tx_ids_moving`` stamp: a batch up to height ``top``, ``done`` of ``parts`` in."""
+    return f"{top} {done}/{parts}"
+
+
+def _read_moving_stamp(stamp: str, through: int) -> tuple[int, int, int]:
+    """``(top, done, parts)`` of a ``tx_ids_moving`` stamp, checked against the
+    ``tx_ids_through`` stamp ``through``."""
+    top_text, _, progress = stamp.partition(" ")
+    done_text, _, parts_text = progress.partition("/")
+    top, done, parts = (
+        _stamp_int(text, f"tx_ids_moving {stamp!r}") for text in (top_text, done_text, parts_text)
+    )
+    if not (top > through and 0 <= done < parts <= ID_MOVE_PARTS_MAX):
+        raise StorageError(
+            f"tx_ids_moving {stamp!r} does not fit tx_ids_through {through}: "
+            "the database is corrupt"
+        )
+    return top, done, parts
+
+
+def _stamp_int(text: str, name: str) -> int:
+    if not text.isdigit() or len(text) > 18:
+        raise StorageError(f"the stamp {name} holds no count: the database is corrupt")
+    return int(text)
 
 
 class _HeldIds(NamedTuple):
@@ -527,10 +551,12 @@ class SqlStore(TxSummaryReads):
                     self._writes.add_ids(conn, moving.rows(upto))
                     if upto == moving.parts:
                         self._writes.stamp(conn, "tx_ids_through", str(moving.top))
+                stamp: str | None = None  # no batch moving, or its last part is in
                 if full:
-                    self._writes.stamp(conn, "tx_ids_moving", f"{height} 0/{ID_MOVE_PARTS}")
-                elif moving is not None:
-                    stamp = moving.stamp(upto) if upto < moving.parts else None
+                    stamp = _moving_stamp(height, 0, ID_MOVE_PARTS)
+                elif moving is not None and upto < moving.parts:
+                    stamp = _moving_stamp(moving.top, upto, moving.parts)
+                if full or moving is not None:
                     self._writes.stamp(conn, "tx_ids_moving", stamp)
                 # Before the commit, so that a reader never misses a committed
                 # transaction; taken back if the commit fails.
@@ -867,17 +893,7 @@ def _load_held(conn: Connection) -> _HeldIds:
     moving_stamp = stamps.get("tx_ids_moving")
     top = done = parts = 0
     if moving_stamp is not None:
-        top_text, _, progress = moving_stamp.partition(" ")
-        done_text, _, parts_text = progress.partition("/")
-        top, done, parts = (
-            _stamp_int(text, f"tx_ids_moving {moving_stamp!r}")
-            for text in (top_text, done_text, parts_text)
-        )
-        if not (top > through and 0 <= done < parts <= ID_MOVE_PARTS_MAX):
-            raise StorageError(
-                f"tx_ids_moving {moving_stamp!r} does not fit tx_ids_through {through}: "
-                "the database is corrupt"
-            )
+        top, done, parts = _read_moving_stamp(moving_stamp, through)
     recent, batch = _RecentIds(), _RecentIds()
     query = (
         select(txs_table.c.tx_id, txs_table.c.height, txs_table.c.tx_index)
@@ -891,12 +907,6 @@ def _load_held(conn: Connection) -> _HeldIds:
     if moving_stamp is None:
         return _HeldIds(recent, None)
     return _HeldIds(recent, _Moving(batch, top, done=done, parts=parts))
-
-
-def _stamp_int(text: str, name: str) -> int:
-    if not text.isdigit() or len(text) > 18:
-        raise StorageError(f"the stamp {name} holds no count: the database is corrupt")
-    return int(text)
 
 
 _Parameters = list[tuple[Any, ...]]
